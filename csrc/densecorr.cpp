@@ -1,0 +1,62 @@
+// densecorr._C: the kernel ops' schemas (one place) and the module's build information.
+//
+// The kernel ops live in the `densecorr_ext` namespace and take contiguous tensors in a
+// fixed layout; the public, validated, autograd-aware ops (`torch.ops.densecorr.*`) are
+// defined in Python (densecorr/ops/), so that the package works without this extension.
+// Each backend file registers its kernels with TORCH_LIBRARY_IMPL(densecorr_ext, <Key>).
+//
+// Layouts (all contiguous, same dtype and device):
+//   global:  q (B, N, D), k (B, M, D), v (B, M, C)
+//            out (B, N, C); lse (B, N) log-sum-exp of the scaled logits that entered the
+//            softmax; idx (B, N, topk) int64 key indices of the top-k logits (topk = 0:
+//            all keys, idx is (B, N, 0)).
+//   local:   q (B, D, H, W), k (B, T, D, H, W), v (B, T, C, H, W), attn (B, T*P, H, W)
+//            out (B, C, H, W); lse (B, H, W); idx (B, H, W, topk) int64 window positions.
+//            boundary in {"mask", "zero", "clamp"}, window in {"square", "circle"}.
+//   project: q (B, N, D), k (B, D, H, W); coords (B, N, 2) as (x, y); lse (B, N).
+#include <torch/library.h>
+#include <torch/extension.h>
+
+TORCH_LIBRARY(densecorr_ext, m) {
+  m.def("global_attention_fwd(Tensor q, Tensor k, Tensor v, float scale, int topk) -> (Tensor, Tensor, Tensor)");
+  m.def("global_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor idx, float scale) -> (Tensor, Tensor, Tensor)");
+  m.def("local_affinity_fwd(Tensor q, Tensor k, int radius, int dilation, float scale, bool normalize, str boundary, str window) -> Tensor");
+  m.def("local_affinity_bwd(Tensor grad_attn, Tensor q, Tensor k, Tensor attn, int radius, int dilation, float scale, bool normalize, str boundary, str window) -> (Tensor, Tensor)");
+  m.def("local_copy_fwd(Tensor attn, Tensor v, int radius, int dilation, str boundary, str window) -> Tensor");
+  m.def("local_copy_bwd(Tensor grad_out, Tensor attn, Tensor v, int radius, int dilation, str boundary, str window) -> (Tensor, Tensor)");
+  m.def("local_attention_fwd(Tensor q, Tensor k, Tensor v, int radius, int dilation, float scale, str boundary, str window, int topk) -> (Tensor, Tensor, Tensor)");
+  m.def("local_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor idx, int radius, int dilation, float scale, str boundary, str window) -> (Tensor, Tensor, Tensor)");
+  m.def("project_coords_fwd(Tensor q, Tensor k, float scale) -> (Tensor, Tensor)");
+  m.def("project_coords_bwd(Tensor grad_coords, Tensor q, Tensor k, Tensor coords, Tensor lse, float scale) -> (Tensor, Tensor)");
+}
+
+namespace {
+// What this build contains, for densecorr.build_info() (not an op: plain pybind11).
+pybind11::dict build_info() {
+  pybind11::dict info;
+#ifdef WITH_CUDA
+  info["cuda"] = true;
+#else
+  info["cuda"] = false;
+#endif
+#ifdef _OPENMP
+  info["openmp"] = true;
+#else
+  info["openmp"] = false;
+#endif
+  info["cpu_capability"] = at::get_cpu_capability();
+  info["compiler"] =
+#if defined(__clang__)
+      std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+      std::string("gcc ") + __VERSION__;
+#else
+      std::string("unknown");
+#endif
+  return info;
+}
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("build_info", &build_info, "What this build of densecorr._C contains.");
+}

@@ -1,0 +1,89 @@
+"""Argument checks shared by the public ops: every message names the op, the argument and
+the shapes involved, so that a user can fix the call without reading our source."""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from densecorr.backends import BACKENDS
+
+BOUNDARIES = ("mask", "zero", "clamp")
+WINDOWS = ("square", "circle")
+
+
+class Checker:
+    """Checks for one call of op `op`; raises ValueError (bad values) or TypeError."""
+
+    def __init__(self, op: str):
+        self.op = op
+
+    def fail(self, message: str, error=ValueError):
+        raise error(f"densecorr.{self.op}: {message}")
+
+    def tensor(self, name: str, t, layouts: dict[int, str]) -> torch.Tensor:
+        """`t` is a non-empty floating tensor whose rank is a key of `layouts` (rank -> '(B, N, D)')."""
+        expected = " or ".join(f"{n}-D {shape}" for n, shape in layouts.items())
+        if not isinstance(t, torch.Tensor):
+            self.fail(f"{name} must be a torch.Tensor ({expected}), got {type(t).__name__}", TypeError)
+        if t.dim() not in layouts:
+            self.fail(f"{name} must be {expected}, got shape {tuple(t.shape)}")
+        if not t.is_floating_point():
+            self.fail(f"{name} must be a floating-point tensor, got {t.dtype}", TypeError)
+        if t.numel() == 0:
+            self.fail(f"{name} is empty (shape {tuple(t.shape)}); every dimension must be >= 1")
+        return t
+
+    def same(self, **tensors: torch.Tensor):
+        """All tensors on one device with one dtype."""
+        items = list(tensors.items())
+        name0, t0 = items[0]
+        for name, t in items[1:]:
+            if t.device != t0.device:
+                self.fail(f"{name} is on {t.device} but {name0} is on {t0.device}; put them on one device")
+            if t.dtype != t0.dtype:
+                self.fail(f"{name} is {t.dtype} but {name0} is {t0.dtype}; use one dtype", TypeError)
+
+    def dim_match(self, what: str, **sizes: tuple[str, tuple, int]):
+        """sizes: label -> (tensor name, shape, dim index); all must be equal."""
+        values = {label: shape[dim] for label, (_, shape, dim) in sizes.items()}
+        if len(set(values.values())) > 1:
+            desc = ", ".join(f"{label}={values[label]} ({n} shape {tuple(s)})" for label, (n, s, _) in sizes.items())
+            self.fail(f"mismatched {what}: {desc}")
+
+    def scale(self, value) -> float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            self.fail(f"scale must be a real number, got {type(value).__name__}", TypeError)
+        value = float(value)
+        if not math.isfinite(value):
+            self.fail(f"scale must be finite, got {value}")
+        return value
+
+    def integer(self, name: str, value, minimum: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            self.fail(f"{name} must be an int, got {type(value).__name__}", TypeError)
+        if value < minimum:
+            self.fail(f"{name} must be >= {minimum}, got {value}")
+        return int(value)
+
+    def topk(self, value, n_keys: int, what: str) -> int:
+        """0 for None (all keys), else 1 <= topk <= n_keys."""
+        if value is None:
+            return 0
+        value = self.integer("topk", value, 1)
+        if value > n_keys:
+            self.fail(f"topk={value} exceeds the number of {what} ({n_keys})")
+        return value
+
+    def choice(self, name: str, value, options: tuple[str, ...]) -> str:
+        if value not in options:
+            self.fail(f"{name} must be one of {options}, got {value!r}")
+        return value
+
+    def backend(self, value) -> str:
+        if value is None:
+            return "auto"
+        if value != "auto" and value not in BACKENDS:
+            self.fail(f"backend must be one of {BACKENDS} or 'auto', got {value!r}")
+        return value
