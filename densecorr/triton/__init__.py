@@ -5,3 +5,4 @@ with the signatures of the kernel op schemas in csrc/densecorr.cpp.
 """
 from densecorr.triton import global_attention  # noqa: F401
 from densecorr.triton import project_coords  # noqa: F401
+from densecorr.triton import local_attention  # noqa: F401
