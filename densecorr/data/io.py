@@ -1,0 +1,229 @@
+"""Reading frames (image folders, video files) and label masks; writing palette masks.
+
+Frames are returned as uint8 numpy arrays (H, W, 3), RGB. Masks are uint8 arrays (H, W) of
+object ids (0 = background). Everything is read lazily, one frame at a time, so that a
+sequence of any length can be processed in bounded memory.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mov", ".mkv", ".m4v", ".gif")
+
+
+class DataError(ValueError):
+    """Bad input data (missing, unreadable or inconsistent files). The message says what to fix."""
+
+
+def natural_key(name: str):
+    """Sort key that orders 'frame2' before 'frame10'."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def list_images(folder: str) -> list[str]:
+    """The image files in `folder` (not recursive), in natural order."""
+    if not os.path.isdir(folder):
+        raise DataError(f"frame folder {folder!r} does not exist")
+    names = [n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")]
+    if not names:
+        raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in frame folder {folder!r}")
+    return [os.path.join(folder, n) for n in sorted(names, key=natural_key)]
+
+
+def read_image(path: str) -> np.ndarray:
+    """An RGB image as uint8 (H, W, 3)."""
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))
+    except FileNotFoundError:
+        raise DataError(f"image {path!r} does not exist") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot read image {path!r} ({exc}); replace or remove the file") from None
+
+
+def read_mask(path: str) -> np.ndarray:
+    """A label mask as uint8 (H, W) of object ids, 0 = background.
+
+    Accepted encodings:
+    - palette-indexed PNG (DAVIS-2017, several objects): pixel value = palette index = object id;
+    - 8-bit grayscale with values {0, 255} (DAVIS-2016, one object): 255 becomes id 1;
+    - 8-bit grayscale with small values (< 128): taken as ids; other grayscale masks are
+      thresholded at 128 (anti-aliased binary masks);
+    - 1-bit images: id 1 where set.
+    RGB masks are refused (colours are ambiguous): save them palette-indexed.
+    """
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            if mode == "P":
+                arr = np.asarray(im)
+                return arr.astype(np.uint8, copy=False)
+            if mode == "1":
+                return np.asarray(im).astype(np.uint8)
+            if mode in ("L", "I", "I;16", "LA"):
+                arr = np.asarray(im.convert("L") if mode != "L" else im)
+            elif mode in ("RGB", "RGBA"):
+                arr = np.asarray(im.convert("RGB"))
+                if (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all():
+                    arr = arr[..., 0]  # grey saved as RGB
+                else:
+                    raise DataError(
+                        f"mask {path!r} is an RGB colour image; save it as a palette-indexed PNG "
+                        "(pixel value = object id) or a 0/255 grayscale PNG"
+                    )
+            else:
+                raise DataError(f"mask {path!r} has unsupported image mode {mode!r}; use a palette or grayscale PNG")
+    except FileNotFoundError:
+        raise DataError(f"mask {path!r} does not exist") from None
+    except DataError:
+        raise
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot read mask {path!r} ({exc})") from None
+    return grayscale_to_ids(arr)
+
+
+def grayscale_to_ids(arr: np.ndarray) -> np.ndarray:
+    """Object ids from a grayscale mask (see read_mask for the rule)."""
+    values = np.unique(arr)
+    if np.isin(values, (0, 255)).all():
+        return (arr == 255).astype(np.uint8)
+    if values.max() < 128:
+        return arr.astype(np.uint8)
+    return (arr >= 128).astype(np.uint8)
+
+
+def davis_palette() -> list[int]:
+    """The DAVIS / PASCAL VOC colour palette (768 ints): id 0 black, 1 red, 2 green, ..."""
+    palette = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def write_mask(path: str, mask: np.ndarray) -> None:
+    """Save an (H, W) id mask as a palette-indexed PNG (pixel value = object id)."""
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got shape {tuple(mask.shape)}")
+    if mask.size and int(mask.max()) > 255:
+        raise ValueError(f"mask ids must be < 256, got max {int(mask.max())}")
+    im = Image.fromarray(mask.astype(np.uint8), mode="P")
+    im.putpalette(davis_palette())
+    im.save(path)
+
+
+def overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The frame with each object's id colour blended in and a dark outline, uint8 (H, W, 3)."""
+    pal = np.asarray(davis_palette(), dtype=np.float32).reshape(256, 3)
+    out = frame.astype(np.float32).copy()
+    fg = mask > 0
+    out[fg] = (1 - alpha) * out[fg] + alpha * pal[mask[fg]]
+    edge = np.zeros_like(fg)
+    edge[:, 1:] |= mask[:, 1:] != mask[:, :-1]
+    edge[1:, :] |= mask[1:, :] != mask[:-1, :]
+    out[edge] = 0.3 * out[edge]
+    return out.clip(0, 255).astype(np.uint8)
+
+
+class FrameSource:
+    """The frames of a video: a folder of images or a video file (mp4, avi, webm, ... via PyAV).
+
+    `len(source)` is the number of frames, `source.names` the frame names used for outputs
+    (image stems, or 00000, 00001, ... for video files), `source[i]` / iteration give uint8
+    (H, W, 3) RGB arrays. Folders are read one image at a time; video files are decoded
+    sequentially (random access re-decodes from the start, so iterate in order).
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        if os.path.isdir(path):
+            self.files = list_images(path)
+            self.names = [os.path.splitext(os.path.basename(f))[0] for f in self.files]
+            self.kind = "folder"
+        elif os.path.isfile(path):
+            self.files = None
+            self.kind = "video"
+            self._count = self._count_frames()
+            self.names = [f"{i:05d}" for i in range(self._count)]
+        else:
+            raise DataError(f"{path!r} is neither a folder of frames nor a video file")
+
+    def _open(self):
+        try:
+            import av
+        except ImportError:
+            raise DataError("reading video files needs PyAV: pip install av (or pass a folder of frames)") from None
+        try:
+            return av.open(self.path)
+        except Exception as exc:  # PyAV raises many error types (av.error.*)
+            raise DataError(f"cannot open video {self.path!r} ({exc}); pass a readable video or a folder of frames") from None
+
+    def _count_frames(self) -> int:
+        n = 0
+        for _ in self._decode():
+            n += 1
+        if n == 0:
+            raise DataError(f"video {self.path!r} has no decodable frames")
+        return n
+
+    def _decode(self) -> Iterator[np.ndarray]:
+        container = self._open()
+        try:
+            if not container.streams.video:
+                raise DataError(f"{self.path!r} has no video stream")
+            stream = container.streams.video[0]
+            try:
+                for frame in container.decode(stream):
+                    yield frame.to_ndarray(format="rgb24")
+            except DataError:
+                raise
+            except Exception as exc:
+                raise DataError(f"video {self.path!r} is corrupt or truncated ({exc})") from None
+        finally:
+            container.close()
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if self.kind == "folder":
+            for f in self.files:
+                yield read_image(f)
+        else:
+            n = 0
+            for arr in self._decode():
+                if n >= self._count:
+                    break
+                n += 1
+                yield arr
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"frame {i} out of range for {len(self)} frames")
+        i %= len(self)
+        if self.kind == "folder":
+            return read_image(self.files[i])
+        for j, arr in enumerate(self._decode()):
+            if j == i:
+                return arr
+        raise DataError(f"video {self.path!r} ended before frame {i}")
+
+
+def frames_to_tensor(frames: Sequence[np.ndarray]):
+    """uint8 (H, W, 3) arrays -> float tensor (T, 3, H, W) in [0, 1]."""
+    import torch
+
+    arr = np.stack([np.asarray(f) for f in frames])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255)
