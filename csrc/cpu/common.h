@@ -1,0 +1,172 @@
+// Shared, instruction-set-independent pieces of the CPU kernels: run-time choice of the
+// SIMD variant, window geometry of the local ops, and the streaming top-k buffer.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+// The SIMD helpers pass 32-byte vectors by value between inlined functions; GCC warns that
+// the non-AVX variant's ABI differs, which cannot matter for functions that never cross a
+// translation unit.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace densecorr_cpu {
+
+// Whether to run the AVX2+FMA variant: the CPU must have both; DENSECORR_CPU_SIMD=base
+// forces the baseline variant (tests use it to check the fallback).
+inline bool use_avx2() {
+  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const char* env = std::getenv("DENSECORR_CPU_SIMD");
+  if (env != nullptr && std::string(env) == "base") return false;
+  return supported;
+}
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+inline int64_t ceil_div(int64_t x, int64_t m) { return (x + m - 1) / m; }
+
+enum class Boundary { Mask, Zero, Clamp };
+
+inline Boundary parse_boundary(const std::string& b) {
+  if (b == "mask") return Boundary::Mask;
+  if (b == "zero") return Boundary::Zero;
+  if (b == "clamp") return Boundary::Clamp;
+  TORCH_CHECK(false, "densecorr cpu: boundary must be \"mask\", \"zero\" or \"clamp\", got \"", b, "\"");
+}
+
+// NATTEN's window start along one axis for boundary="clamp": the window of `size` positions
+// (size = 2r+1, spacing `dil`) shifted to lie inside [0, length), on the index's dilation
+// sub-grid (start = index mod dil).
+inline int64_t clamp_window_start(int64_t index, int64_t length, int64_t r, int64_t dil) {
+  const int64_t size = 2 * r + 1;
+  if (dil <= 1) {
+    int64_t s = std::max<int64_t>(index - r, 0);
+    if (index + r >= length) s += length - index - r - 1;
+    return s;
+  }
+  if (index - r * dil < 0) return index % dil;
+  if (index + r * dil >= length) {
+    const int64_t imodd = index % dil;
+    const int64_t a = (length / dil) * dil;
+    const int64_t b = length - a;
+    if (imodd < b) return length - b + imodd - 2 * r * dil;
+    return a + imodd - size * dil;
+  }
+  return index - r * dil;
+}
+
+// The geometry of a local window over a (T, H, W) stack of references.
+// Row iy in [0, 2r] of the window grid (dy = iy - r) holds offsets ix in [lo[iy], hi[iy]]
+// (dx = ix - r); position p of the window counts these row by row (row_base[iy] is the
+// position of (iy, lo[iy])), P positions per reference. A query at (y, x) sees, for grid
+// cell (iy, ix), the key (start_y[y] + iy*dil, start_x[x] + ix*dil): start = index - r*dil
+// for "mask"/"zero" (possibly outside the image), the NATTEN start for "clamp".
+struct Window {
+  int64_t r = 0, dil = 1, T = 1, H = 0, W = 0, P = 0;
+  Boundary boundary = Boundary::Mask;
+  std::vector<int64_t> lo, hi, row_base, start_y, start_x;
+  std::vector<int64_t> pos_iy, pos_ix;  // per position p: its grid cell
+
+  Window(int64_t radius, int64_t dilation, int64_t T_, int64_t H_, int64_t W_, const std::string& bnd,
+         const std::string& shape)
+      : r(radius), dil(dilation), T(T_), H(H_), W(W_), boundary(parse_boundary(bnd)) {
+    TORCH_CHECK(radius >= 0, "densecorr cpu: radius must be >= 0, got ", radius);
+    TORCH_CHECK(dilation >= 1, "densecorr cpu: dilation must be >= 1, got ", dilation);
+    TORCH_CHECK(shape == "square" || shape == "circle",
+                "densecorr cpu: window must be \"square\" or \"circle\", got \"", shape, "\"");
+    if (boundary == Boundary::Clamp) {
+      TORCH_CHECK(H >= (2 * r + 1) * dil && W >= (2 * r + 1) * dil,
+                  "densecorr cpu: boundary=\"clamp\" needs H and W >= (2*radius+1)*dilation = ",
+                  (2 * r + 1) * dil, ", got H=", H, ", W=", W);
+    }
+    const int64_t n = 2 * r + 1;
+    lo.resize(n);
+    hi.resize(n);
+    row_base.resize(n);
+    for (int64_t iy = 0; iy < n; ++iy) {
+      const int64_t dy = iy - r;
+      int64_t half = r;
+      if (shape == "circle") {
+        half = 0;  // largest |dx| with dx^2 + dy^2 <= r^2, in integers
+        while ((half + 1) * (half + 1) + dy * dy <= r * r) ++half;
+      }
+      lo[iy] = r - half;
+      hi[iy] = r + half;
+      row_base[iy] = P;
+      for (int64_t ix = lo[iy]; ix <= hi[iy]; ++ix) {
+        pos_iy.push_back(iy);
+        pos_ix.push_back(ix);
+      }
+      P += hi[iy] - lo[iy] + 1;
+    }
+    start_y.resize(H);
+    start_x.resize(W);
+    for (int64_t y = 0; y < H; ++y)
+      start_y[y] = boundary == Boundary::Clamp ? clamp_window_start(y, H, r, dil) : y - r * dil;
+    for (int64_t x = 0; x < W; ++x)
+      start_x[x] = boundary == Boundary::Clamp ? clamp_window_start(x, W, r, dil) : x - r * dil;
+  }
+  bool row_inside(int64_t ky) const { return ky >= 0 && ky < H; }
+  bool col_inside(int64_t kx) const { return kx >= 0 && kx < W; }
+};
+
+// Running top-k of a stream of (value, index) pairs, in a caller-owned buffer of 2k slots:
+// candidates are appended while they beat the current k-th value; a full buffer is cut back
+// to the best k (std::nth_element). Order: larger value first, ties to the smaller index
+// (like torch.topk), so a later pair equal to the threshold never enters.
+template <typename T>
+struct Cand {
+  T v;
+  int64_t i;
+};
+template <typename T>
+inline bool cand_before(const Cand<T>& a, const Cand<T>& b) {
+  return a.v > b.v || (a.v == b.v && a.i < b.i);
+}
+
+template <typename T>
+struct TopK {
+  Cand<T>* buf;
+  int64_t k, n = 0;
+  T thresh = -std::numeric_limits<T>::infinity();
+  bool cut = false;  // whether thresh is meaningful (the buffer has been cut back once)
+
+  TopK(Cand<T>* b, int64_t k_) : buf(b), k(k_) {}
+  bool wants(T v) const { return !cut || v > thresh; }
+  void push(T v, int64_t i) {
+    buf[n++] = {v, i};
+    if (n == 2 * k) compact();
+  }
+  void compact() {
+    std::nth_element(buf, buf + (k - 1), buf + n, cand_before<T>);
+    n = k;
+    thresh = buf[k - 1].v;  // the k-th best: everything before it is at least as large
+    cut = true;
+  }
+  // Sort the best min(n, k) first; returns how many.
+  int64_t finish() {
+    if (n > k) {
+      std::nth_element(buf, buf + (k - 1), buf + n, cand_before<T>);
+      n = k;
+    }
+    std::sort(buf, buf + n, cand_before<T>);
+    return n;
+  }
+};
+
+inline void check_cpu_input(const at::Tensor& t, const char* name, at::ScalarType dtype) {
+  TORCH_CHECK(t.device().is_cpu(), "densecorr cpu: ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == dtype, "densecorr cpu: ", name, " must be ", dtype, ", got ", t.scalar_type());
+}
+
+}  // namespace densecorr_cpu

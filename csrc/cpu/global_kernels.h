@@ -1,0 +1,237 @@
+// Global (all-pairs) attention kernels, flash-style (no include guard: see simd.h).
+//
+// Shapes (per batch b; batch strides are the products of the trailing sizes unless given):
+//   q (N, D), k (M, D), v (M, C): the caller's contiguous tensors;
+//   kt (D, Mp): keys transposed, zero-padded to Mp = round_up(M, W) columns;
+//   vp (Mp, Cp): values zero-padded to Cp = round_up(C, W) columns;
+//   out (N, C), lse (N) (log-sum-exp of the scaled logits that entered the softmax),
+//   idx (N, topk).
+// Grid: at::parallel_for over B x ceil(N / BQ) query blocks (forward, backward dq) and over
+// B x ceil(M / BK) key blocks (backward dk, dv), so every output element is written by one
+// task in a fixed order: results do not depend on the thread count.
+namespace densecorr_cpu {
+namespace DC_ISA {
+
+constexpr int64_t kBQ = 96;   // query rows per block (16 micro-tiles of 6)
+constexpr int64_t kBK = 128;  // keys per block: the BQ x BK logit tile stays in L2
+
+// Online-softmax forward over all keys. vstride: batch stride of vp (0: shared by batches).
+template <typename T>
+void global_fwd_dense(const T* q, const T* kt, const T* vp, int64_t vstride, T* out, T* lse, int64_t B, int64_t N,
+                      int64_t M, int64_t D, int64_t C, T scale) {
+  constexpr int W = Vec<T>::W;
+  const int64_t Mp = round_up(M, W), Cp = round_up(C, W), nqb = ceil_div(N, kBQ);
+  at::parallel_for(0, B * nqb, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> S(kBQ * kBK), O(kBQ * Cp), m(kBQ), l(kBQ);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / nqb, i0 = (task % nqb) * kBQ, bq = std::min(kBQ, N - i0);
+      const T* qb = q + (b * N + i0) * D;
+      const T* ktb = kt + b * D * Mp;
+      const T* vpb = vp + b * vstride;
+      std::fill(O.begin(), O.end(), T(0));
+      std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
+      std::fill(l.begin(), l.end(), T(0));
+      for (int64_t j0 = 0; j0 < M; j0 += kBK) {
+        const int64_t nb = std::min(kBK, M - j0), nbp = round_up(nb, W);
+        gemm<T>(bq, nbp, D, qb, D, ktb + j0, Mp, S.data(), kBK, false);
+        for (int64_t i = 0; i < bq; ++i) {
+          T* row = S.data() + i * kBK;
+          scale_row(row, nb, scale);
+          for (int64_t j = nb; j < nbp; ++j) row[j] = -std::numeric_limits<T>::infinity();
+          const T m_new = std::max(m[i], max_row(row, nbp));
+          const T alpha = std::exp(m[i] - m_new);  // 0 on the first block (m = -inf)
+          l[i] = l[i] * alpha + exp_row(row, nbp, T(1), m_new);
+          m[i] = m_new;
+          if (alpha != T(1))
+            for (int64_t c = 0; c < Cp; ++c) O[i * Cp + c] *= alpha;
+        }
+        gemm<T>(bq, Cp, nbp, S.data(), kBK, vpb + j0 * Cp, Cp, O.data(), Cp, true);
+      }
+      for (int64_t i = 0; i < bq; ++i) {
+        const T inv = T(1) / l[i];
+        for (int64_t c = 0; c < C; ++c) out[(b * N + i0 + i) * C + c] = O[i * Cp + c] * inv;
+        lse[b * N + i0 + i] = m[i] + std::log(l[i]);
+      }
+    }
+  });
+}
+
+// Forward with top-k: logits streamed block by block through a running top-k per query;
+// the softmax and the weighted sum over the k kept keys at the end. v: (M, C) per batch.
+template <typename T>
+void global_fwd_topk(const T* q, const T* kt, const T* v, int64_t vstride, T* out, T* lse, int64_t* idx, int64_t B,
+                     int64_t N, int64_t M, int64_t D, int64_t C, T scale, int64_t topk) {
+  constexpr int W = Vec<T>::W;
+  const int64_t Mp = round_up(M, W), nqb = ceil_div(N, kBQ);
+  at::parallel_for(0, B * nqb, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> S(kBQ * kBK), p(topk), acc(C);
+    std::vector<Cand<T>> cands(kBQ * 2 * topk);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / nqb, i0 = (task % nqb) * kBQ, bq = std::min(kBQ, N - i0);
+      const T* qb = q + (b * N + i0) * D;
+      const T* ktb = kt + b * D * Mp;
+      std::vector<TopK<T>> tops;
+      tops.reserve(bq);
+      for (int64_t i = 0; i < bq; ++i) tops.emplace_back(cands.data() + i * 2 * topk, topk);
+      for (int64_t j0 = 0; j0 < M; j0 += kBK) {
+        const int64_t nb = std::min(kBK, M - j0), nbp = round_up(nb, W);
+        gemm<T>(bq, nbp, D, qb, D, ktb + j0, Mp, S.data(), kBK, false);
+        for (int64_t i = 0; i < bq; ++i) {
+          const T* row = S.data() + i * kBK;
+          TopK<T>& top = tops[i];
+          for (int64_t j = 0; j < nb; ++j) {
+            const T val = row[j] * scale;
+            if (top.wants(val)) top.push(val, j0 + j);
+          }
+        }
+      }
+      for (int64_t i = 0; i < bq; ++i) {
+        const int64_t n = tops[i].finish();
+        const Cand<T>* c = tops[i].buf;
+        const T mx = c[0].v;
+        T sum = 0;
+        for (int64_t j = 0; j < n; ++j) sum += (p[j] = std::exp(c[j].v - mx));
+        std::fill(acc.begin(), acc.end(), T(0));
+        for (int64_t j = 0; j < n; ++j) axpy(acc.data(), p[j], v + b * vstride + c[j].i * C, C);
+        const int64_t row = b * N + i0 + i;
+        for (int64_t cc = 0; cc < C; ++cc) out[row * C + cc] = acc[cc] / sum;
+        lse[row] = mx + std::log(sum);
+        for (int64_t j = 0; j < n; ++j) idx[row * topk + j] = c[j].i;
+      }
+    }
+  });
+}
+
+// Backward, pass 1: dq = scale * sum_j P_ij (dP_ij - delta_i) k_j, query blocks in parallel.
+// vt (C, Mp) and kp (Mp, Dp) are padded copies of v^T and k; delta_i = dO_i . out_i.
+template <typename T>
+void global_bwd_dq(const T* q, const T* kt, const T* vt, int64_t vtstride, const T* kp, const T* dout, const T* lse,
+                   const T* delta, T* dq, int64_t B, int64_t N, int64_t M, int64_t D, int64_t C, T scale) {
+  constexpr int W = Vec<T>::W;
+  const int64_t Mp = round_up(M, W), Dp = round_up(D, W), nqb = ceil_div(N, kBQ);
+  at::parallel_for(0, B * nqb, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> S(kBQ * kBK), dP(kBQ * kBK), acc(kBQ * Dp);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / nqb, i0 = (task % nqb) * kBQ, bq = std::min(kBQ, N - i0);
+      const T* qb = q + (b * N + i0) * D;
+      const T* dob = dout + (b * N + i0) * C;
+      std::fill(acc.begin(), acc.end(), T(0));
+      for (int64_t j0 = 0; j0 < M; j0 += kBK) {
+        const int64_t nb = std::min(kBK, M - j0), nbp = round_up(nb, W);
+        gemm<T>(bq, nbp, D, qb, D, kt + b * D * Mp + j0, Mp, S.data(), kBK, false);
+        gemm<T>(bq, nbp, C, dob, C, vt + b * vtstride + j0, Mp, dP.data(), kBK, false);
+        for (int64_t i = 0; i < bq; ++i) {
+          T* s = S.data() + i * kBK;
+          const T* dp = dP.data() + i * kBK;
+          const T li = lse[b * N + i0 + i], di = delta[b * N + i0 + i];
+          exp_row(s, nbp, scale, li);
+          for (int64_t j = 0; j < nbp; ++j) s[j] = j < nb ? s[j] * (dp[j] - di) : T(0);
+        }
+        gemm<T>(bq, Dp, nbp, S.data(), kBK, kp + (b * Mp + j0) * Dp, Dp, acc.data(), Dp, true);
+      }
+      for (int64_t i = 0; i < bq; ++i)
+        for (int64_t d = 0; d < D; ++d) dq[(b * N + i0 + i) * D + d] = scale * acc[i * Dp + d];
+    }
+  });
+}
+
+// Backward, pass 2: dk = scale * sum_i dS_ij q_i and dv = sum_i P_ij dO_i, key blocks in
+// parallel (no two tasks write the same row). qt (D, Np), dot_ (C, Np), qp (Np, Dp),
+// dop (Np, Cp) padded; lsep, deltap (Np) padded with +inf / 0 so padded queries get P = 0.
+// dv may be null (project_coords needs no value gradient).
+template <typename T>
+void global_bwd_dkv(const T* k, const T* v, int64_t vstride, const T* qt, const T* dot_, const T* qp, const T* dop,
+                    const T* lsep, const T* deltap, T* dk, T* dv, int64_t B, int64_t N, int64_t M, int64_t D,
+                    int64_t C, T scale) {
+  constexpr int W = Vec<T>::W;
+  const int64_t Np = round_up(N, W), Dp = round_up(D, W), Cp = round_up(C, W), nkb = ceil_div(M, kBQ);
+  at::parallel_for(0, B * nkb, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> S(kBQ * kBK), dP(kBQ * kBK), accK(kBQ * Dp), accV(kBQ * Cp);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / nkb, j0 = (task % nkb) * kBQ, bk = std::min(kBQ, M - j0);
+      const T* kb = k + (b * M + j0) * D;
+      const T* vb = v + b * vstride + j0 * C;
+      std::fill(accK.begin(), accK.end(), T(0));
+      std::fill(accV.begin(), accV.end(), T(0));
+      for (int64_t i0 = 0; i0 < N; i0 += kBK) {
+        const int64_t nq = std::min(kBK, N - i0), nqp = round_up(nq, W);
+        gemm<T>(bk, nqp, D, kb, D, qt + b * D * Np + i0, Np, S.data(), kBK, false);
+        gemm<T>(bk, nqp, C, vb, C, dot_ + b * C * Np + i0, Np, dP.data(), kBK, false);
+        const T* lb = lsep + b * Np + i0;
+        const T* db = deltap + b * Np + i0;
+        for (int64_t j = 0; j < bk; ++j) {
+          T* s = S.data() + j * kBK;
+          T* dp = dP.data() + j * kBK;
+          for (int64_t i = 0; i < nqp; i += W) {
+            const V<T> pv = vexp(vload(s + i) * scale - vload(lb + i));
+            vstore(s + i, pv);
+            vstore(dp + i, pv * (vload(dp + i) - vload(db + i)));
+          }
+        }
+        gemm<T>(bk, Dp, nqp, dP.data(), kBK, qp + (b * Np + i0) * Dp, Dp, accK.data(), Dp, true);
+        if (dv != nullptr) gemm<T>(bk, Cp, nqp, S.data(), kBK, dop + (b * Np + i0) * Cp, Cp, accV.data(), Cp, true);
+      }
+      for (int64_t j = 0; j < bk; ++j) {
+        for (int64_t d = 0; d < D; ++d) dk[(b * M + j0 + j) * D + d] = scale * accK[j * Dp + d];
+        if (dv != nullptr)
+          for (int64_t c = 0; c < C; ++c) dv[(b * M + j0 + j) * C + c] = accV[j * Cp + c];
+      }
+    }
+  });
+}
+
+// Backward with top-k: only the kept pairs (i, idx[i, j]) carry gradient. Pass 1 (queries in
+// parallel) computes P, dS of the pairs and dq; pass 2 groups the pairs by key (a counting
+// sort, in query order) and sums them per key in parallel: deterministic.
+template <typename T>
+void global_bwd_topk(const T* q, const T* k, const T* v, int64_t vstride, const T* dout, const T* out, const T* lse,
+                     const int64_t* idx, T* dq, T* dk, T* dv, int64_t B, int64_t N, int64_t M, int64_t D, int64_t C,
+                     int64_t K, T scale) {
+  std::vector<T> P(N * K), dS(N * K);
+  std::vector<int64_t> start(M + 1), order(N * K);
+  for (int64_t b = 0; b < B; ++b) {
+    const T* qb = q + b * N * D;
+    const T* kb = k + b * M * D;
+    const T* vb = v + b * vstride;
+    const T* dob = dout + b * N * C;
+    const int64_t* ib = idx + b * N * K;
+    at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const T delta = dot(dob + i * C, out + (b * N + i) * C, C);
+        T* dqi = dq + (b * N + i) * D;
+        std::fill(dqi, dqi + D, T(0));
+        for (int64_t j = 0; j < K; ++j) {
+          const int64_t m = ib[i * K + j];
+          const T p = std::exp(scale * dot(qb + i * D, kb + m * D, D) - lse[b * N + i]);
+          const T ds = p * (dot(dob + i * C, vb + m * C, C) - delta);
+          P[i * K + j] = p;
+          dS[i * K + j] = ds;
+          axpy(dqi, scale * ds, kb + m * D, D);
+        }
+      }
+    });
+    std::fill(start.begin(), start.end(), 0);
+    for (int64_t e = 0; e < N * K; ++e) ++start[ib[e] + 1];
+    for (int64_t m = 0; m < M; ++m) start[m + 1] += start[m];
+    {
+      std::vector<int64_t> fill(start.begin(), start.end() - 1);
+      for (int64_t e = 0; e < N * K; ++e) order[fill[ib[e]]++] = e;
+    }
+    at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t m = begin; m < end; ++m) {
+        T* dkm = dk + (b * M + m) * D;
+        std::fill(dkm, dkm + D, T(0));
+        T* dvm = dv != nullptr ? dv + (b * M + m) * C : nullptr;
+        if (dvm) std::fill(dvm, dvm + C, T(0));
+        for (int64_t s = start[m]; s < start[m + 1]; ++s) {
+          const int64_t e = order[s], i = e / K;
+          axpy(dkm, scale * dS[e], qb + i * D, D);
+          if (dvm) axpy(dvm, P[e], dob + i * C, C);
+        }
+      }
+    });
+  }
+}
+
+}  // namespace DC_ISA
+}  // namespace densecorr_cpu

@@ -1,0 +1,168 @@
+// Portable SIMD helpers on GCC/Clang vector extensions, 32-byte vectors (8 float / 4 double).
+//
+// No include guard on purpose: each kernel file includes this header (and its kernel
+// header) twice, once inside `#pragma GCC target("avx2,fma")` with DC_ISA=avx2 and once
+// without, with DC_ISA=base, so that the same source compiles to AVX2+FMA code and to a
+// baseline (SSE2) fallback, chosen at run time (see isa.h). The compiler contracts
+// `a * b + c` into FMA where the target has it.
+namespace densecorr_cpu {
+namespace DC_ISA {
+
+template <typename T>
+struct Vec;
+template <>
+struct Vec<float> {
+  typedef float type __attribute__((vector_size(32)));
+  typedef float utype __attribute__((vector_size(32), aligned(4), may_alias));
+  typedef int32_t itype __attribute__((vector_size(32)));
+  static constexpr int W = 8;
+};
+template <>
+struct Vec<double> {
+  typedef double type __attribute__((vector_size(32)));
+  typedef double utype __attribute__((vector_size(32), aligned(8), may_alias));
+  typedef int64_t itype __attribute__((vector_size(32)));
+  static constexpr int W = 4;
+};
+template <typename T>
+using V = typename Vec<T>::type;
+
+template <typename T>
+inline V<T> vload(const T* p) {
+  return *reinterpret_cast<const typename Vec<T>::utype*>(p);
+}
+template <typename T>
+inline void vstore(T* p, V<T> x) {
+  *reinterpret_cast<typename Vec<T>::utype*>(p) = x;
+}
+template <typename T>
+inline V<T> vsplat(T x) {
+  return V<T>{} + x;
+}
+// The first n (< W) elements from p, the rest 0 (never reads past p + n).
+template <typename T>
+inline V<T> vload_partial(const T* p, int64_t n) {
+  V<T> r{};
+  for (int64_t i = 0; i < n; ++i) r[i] = p[i];
+  return r;
+}
+template <typename T>
+inline void vstore_partial(T* p, V<T> x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) p[i] = x[i];
+}
+// These take the vector type itself (V<T> is not deducible through the alias).
+template <typename VT>
+inline VT vmax(VT a, VT b) {
+  return a > b ? a : b;
+}
+template <typename VT>
+inline VT vmin(VT a, VT b) {
+  return a < b ? a : b;
+}
+template <typename VT>
+inline auto hsum(VT x) {
+  std::remove_cvref_t<decltype(x[0])> s = 0;
+  for (unsigned i = 0; i < sizeof(VT) / sizeof(s); ++i) s += x[i];
+  return s;
+}
+template <typename VT>
+inline auto hmax(VT x) {
+  std::remove_cvref_t<decltype(x[0])> s = x[0];
+  for (unsigned i = 1; i < sizeof(VT) / sizeof(s); ++i) s = x[i] > s ? x[i] : s;
+  return s;
+}
+
+// exp(x), elementwise; exactly 0 for x below the float range (and for -inf).
+// Cephes-style: 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2], max. rel. error ~2 ulp.
+inline V<float> vexp(V<float> x) {
+  typedef Vec<float>::itype I;
+  const V<float> lo = vsplat(-87.3365447504f), hi = vsplat(88.3762626647949f);
+  const I keep = x >= lo;
+  x = vmin(vmax(x, lo), hi);
+  const V<float> magic = vsplat(12582912.f);  // 1.5 * 2^23: adding it rounds to an integer
+  V<float> n = (x * 1.44269504088896341f + magic) - magic;
+  V<float> r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  V<float> p = vsplat(1.9875691500E-4f);
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  p = p * (r * r) + r + 1.f;
+  const I e = (__builtin_convertvector(n, I) + 127) << 23;
+  const V<float> y = p * (V<float>)e;  // vector casts reinterpret the bits
+  return (V<float>)((I)y & keep);
+}
+// float64 is for checking (gradcheck), not speed: the library exp, lane by lane.
+inline V<double> vexp(V<double> x) {
+  V<double> r;
+  for (int i = 0; i < 4; ++i) r[i] = std::exp(x[i]);
+  return r;
+}
+
+// A contiguous row: x[i] = exp(x[i] * s - m) and the sum of the results. n is a multiple of W
+// when `tail_ok` (padded buffers); otherwise the tail is done elementwise.
+template <typename T>
+inline T exp_row(T* x, int64_t n, T s, T m) {
+  constexpr int W = Vec<T>::W;
+  V<T> acc{};
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    V<T> e = vexp(vload(x + i) * s - m);
+    vstore(x + i, e);
+    acc += e;
+  }
+  T sum = hsum(acc);
+  for (; i < n; ++i) {
+    x[i] = std::exp(x[i] * s - m);
+    sum += x[i];
+  }
+  return sum;
+}
+// x[0:n] *= s
+template <typename T>
+inline void scale_row(T* x, int64_t n, T s) {
+  constexpr int W = Vec<T>::W;
+  int64_t i = 0;
+  for (; i + W <= n; i += W) vstore(x + i, vload(x + i) * s);
+  for (; i < n; ++i) x[i] *= s;
+}
+template <typename T>
+inline T max_row(const T* x, int64_t n) {
+  constexpr int W = Vec<T>::W;
+  T m = -std::numeric_limits<T>::infinity();
+  int64_t i = 0;
+  if (n >= W) {
+    V<T> a = vload(x);
+    for (i = W; i + W <= n; i += W) a = vmax(a, vload(x + i));
+    m = hmax(a);
+  }
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+template <typename T>
+inline T dot(const T* a, const T* b, int64_t n) {
+  constexpr int W = Vec<T>::W;
+  V<T> acc0{}, acc1{};
+  int64_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    acc0 += vload(a + i) * vload(b + i);
+    acc1 += vload(a + i + W) * vload(b + i + W);
+  }
+  for (; i + W <= n; i += W) acc0 += vload(a + i) * vload(b + i);
+  T s = hsum(acc0 + acc1);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+// y[0:n] += a * x[0:n]
+template <typename T>
+inline void axpy(T* y, T a, const T* x, int64_t n) {
+  constexpr int W = Vec<T>::W;
+  int64_t i = 0;
+  for (; i + W <= n; i += W) vstore(y + i, vload(y + i) + a * vload(x + i));
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+
+}  // namespace DC_ISA
+}  // namespace densecorr_cpu
