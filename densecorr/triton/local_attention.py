@@ -134,6 +134,8 @@ def _fwd_kernel(Q, K, V, O, LSE, WY, WX, T, P, H, W, D, C, r, dil, scale,
             vg = tl.load(vbase + c3 * HW + pos, mask=load_ok[:, :, None] & (c3 < C), other=0.0)
             acc = acc * alpha[:, None] + tl.sum(pexp[:, :, None] * vg.to(tl.float32), 1)
             m_i = m_new
+    # Padded pixels (beyond H*W) admit no cell: keep their (unstored) values finite.
+    l_i = tl.where(mask_q, l_i, 1.0)
     out = acc / l_i[:, None]
     tl.store(O + b * C * HW + offs_c[None, :] * HW + offs_q[:, None], out.to(O.dtype.element_ty),
              mask=mask_q[:, None] & (offs_c[None, :] < C))
@@ -187,8 +189,9 @@ def _topk_fwd_kernel(Q, K, V, O, LSE, IDX, WY, WX, T, P, H, W, D, C, r, dil, sca
     keep = (cols[None, :] < TOPK) & mask_q[:, None]
     val = tl.where(cols[None, :] < TOPK, val, float("-inf"))
     m = tl.max(val, 1)
+    m = tl.where(mask_q, m, 0.0)  # padded pixels: all -inf
     pexp = tl.exp(val - m[:, None])
-    l_i = tl.sum(pexp, 1)
+    l_i = tl.where(mask_q, tl.sum(pexp, 1), 1.0)
     idx = tl.where(keep, idx, 0)
     tsel = idx // P
     psel = idx - tsel * P
