@@ -1,9 +1,12 @@
 """Loading of the compiled extension densecorr._C (optional: without it, ops use `reference`)."""
+import os
 import warnings
 
 import torch
 
 try:  # importing registers the kernel ops under torch.ops.densecorr_ext
+    if os.environ.get("DENSECORR_DISABLE_EXTENSION") == "1":  # to test the pure-Python path
+        raise ImportError("disabled by DENSECORR_DISABLE_EXTENSION=1")
     from densecorr import _C  # noqa: F401
 
     EXTENSION_ERROR = None
@@ -11,7 +14,9 @@ except ImportError as exc:  # not built, or built against another torch
     import importlib.util
 
     _C = None
-    EXTENSION_ERROR = "not built" if importlib.util.find_spec("densecorr._C") is None else str(exc)
+    EXTENSION_ERROR = str(exc)
+    if "DENSECORR_DISABLE_EXTENSION" not in EXTENSION_ERROR and importlib.util.find_spec("densecorr._C") is None:
+        EXTENSION_ERROR = "not built"
     warnings.warn(
         "densecorr: the compiled extension densecorr._C is not available "
         f"({EXTENSION_ERROR}); every op runs through the pure-PyTorch 'reference' backend. "

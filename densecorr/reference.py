@@ -142,8 +142,10 @@ def window_offsets(radius: int, window: str) -> tuple[tuple[int, int], ...]:
 
 
 def window_size(radius: int, window: str) -> int:
-    """P: the number of positions in one reference's window."""
-    return len(window_offsets(radius, window))
+    """P: the number of positions in one reference's window (no cache: traced by torch.compile)."""
+    if window == "square":
+        return (2 * radius + 1) ** 2
+    return sum(1 for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1) if dy * dy + dx * dx <= radius * radius)
 
 
 def _axis_table(n: int, radius: int, dilation: int, boundary: str, device):
