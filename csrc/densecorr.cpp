@@ -1,4 +1,5 @@
-// densecorr._C: the kernel ops' schemas (one place) and the module's build information.
+// The kernel ops' schemas (one place). The Python module init is in python_module.cpp,
+// so that CMake can build this and the kernels into a plain C++ library.
 //
 // The kernel ops live in the `densecorr_ext` namespace and take contiguous tensors in a
 // fixed layout; the public, validated, autograd-aware ops (`torch.ops.densecorr.*`) are
@@ -15,7 +16,6 @@
 //            boundary in {"mask", "zero", "clamp"}, window in {"square", "circle"}.
 //   project: q (B, N, D), k (B, D, H, W); coords (B, N, 2) as (x, y); lse (B, N).
 #include <torch/library.h>
-#include <torch/extension.h>
 
 TORCH_LIBRARY(densecorr_ext, m) {
   m.def("global_attention_fwd(Tensor q, Tensor k, Tensor v, float scale, int topk) -> (Tensor, Tensor, Tensor)");
@@ -30,33 +30,3 @@ TORCH_LIBRARY(densecorr_ext, m) {
   m.def("project_coords_bwd(Tensor grad_coords, Tensor q, Tensor k, Tensor coords, Tensor lse, float scale) -> (Tensor, Tensor)");
 }
 
-namespace {
-// What this build contains, for densecorr.build_info() (not an op: plain pybind11).
-pybind11::dict build_info() {
-  pybind11::dict info;
-#ifdef WITH_CUDA
-  info["cuda"] = true;
-#else
-  info["cuda"] = false;
-#endif
-#ifdef _OPENMP
-  info["openmp"] = true;
-#else
-  info["openmp"] = false;
-#endif
-  info["cpu_capability"] = at::get_cpu_capability();
-  info["compiler"] =
-#if defined(__clang__)
-      std::string("clang ") + __clang_version__;
-#elif defined(__GNUC__)
-      std::string("gcc ") + __VERSION__;
-#else
-      std::string("unknown");
-#endif
-  return info;
-}
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("build_info", &build_info, "What this build of densecorr._C contains.");
-}
