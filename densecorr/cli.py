@@ -195,17 +195,19 @@ def add_track(sub) -> None:
 
 def cmd_track(args) -> int:
     from densecorr.data.io import FrameSource, read_mask
-    from densecorr.propagation import peak_rss_mb, propagate_mask
+    from densecorr.propagation import check_first_mask, peak_rss_mb, propagate_mask
 
     frames = FrameSource(args.video)
     first_mask = read_mask(args.mask)
+    first_frame = frames[0]
+    check_first_mask(first_mask, first_frame.shape)
     propagator, desc = _propagator(args)
     n = len(frames)
     print(f"tracking {n} frames of {args.video} with {desc}, protocol {propagator.protocol.name}")
     peak_rss_mb(reset=True)
     with staged_output(args.out) as stage:
         writer = _Writer(stage, n)
-        writer.add(frames.names[0], frames[0], first_mask)
+        writer.add(frames.names[0], first_frame, first_mask)
         for t, frame, mask in propagate_mask(propagator, frames, first_mask, None if args.quiet else os.path.basename(args.video.rstrip("/")), n - 1):
             writer.add(frames.names[t], frame, mask)
         writer.close()

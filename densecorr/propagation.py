@@ -335,8 +335,13 @@ class Propagator:
         proto = self.protocol
         feats: dict[int, torch.Tensor] = {}
         labels: dict[int, torch.Tensor] = {}
+        size = None
         for t, frame in enumerate(frames):
             start = time.perf_counter()
+            if size is None:
+                size = tuple(frame.shape)
+            elif tuple(frame.shape) != size:
+                raise DataError(f"frame {t} is {frame.shape[1]}x{frame.shape[0]} but frame 0 is {size[1]}x{size[0]}; all frames must have one size")
             q = self.embed(frame)
             if t == 0:
                 lab = first_labels(frame.shape[:2], tuple(q.shape[-2:])).to(self.device, torch.float32)
@@ -475,6 +480,18 @@ class _Remember:
             yield frame
 
 
+def check_first_mask(mask: np.ndarray, frame_size: tuple[int, int] | None = None) -> list[int]:
+    """The object ids of a first-frame mask; DataError if it is empty or not of `frame_size` (H, W)."""
+    from densecorr.data.davis import object_ids
+
+    if frame_size is not None and tuple(mask.shape) != tuple(frame_size[:2]):
+        raise DataError(f"the first-frame mask is {mask.shape[1]}x{mask.shape[0]} but the frames are {frame_size[1]}x{frame_size[0]}; give a mask of the frames' size")
+    ids = object_ids(mask)
+    if not ids:
+        raise DataError("the first-frame mask is empty (all background): mark at least one object (pixel value = object id)")
+    return ids
+
+
 def propagate_mask(
     propagator: Propagator,
     frames: Iterable[np.ndarray],
@@ -488,26 +505,17 @@ def propagate_mask(
     those of the first mask. `progress`: tqdm description (None: no bar).
     Raises DataError when the first mask is empty or its size differs from the frames'.
     """
-    from densecorr.data.davis import object_ids
-
-    ids = object_ids(first_mask)
-    if not ids:
-        raise DataError("the first-frame mask is empty (all background): draw at least one object (pixel value = object id)")
+    ids = check_first_mask(first_mask)
     source = _Remember(frames)
-    size_checked = {}
 
     def first_labels(frame_size, grid):
-        if tuple(first_mask.shape) != tuple(frame_size):
-            raise DataError(f"the first-frame mask is {first_mask.shape[1]}x{first_mask.shape[0]} but the frames are {frame_size[1]}x{frame_size[0]}; give a mask of the frames' size")
-        size_checked["size"] = tuple(frame_size)
+        check_first_mask(first_mask, frame_size)
         return to_grid(one_hot(first_mask, ids), grid)
 
     bar = _progress(progress, total)
     try:
         for t, labels in propagator.run(source, first_labels):
             frame = source.last
-            if tuple(frame.shape[:2]) != size_checked["size"]:
-                raise DataError(f"frame {t} is {frame.shape[1]}x{frame.shape[0]} but frame 0 is {size_checked['size'][1]}x{size_checked['size'][0]}; all frames must have one size")
             mask = labels_to_mask(labels, ids, frame.shape[:2])
             if bar is not None:
                 bar.update(1)
@@ -573,5 +581,5 @@ def peak_rss_mb(reset: bool = False) -> float:
 
 __all__ = [
     "Protocol", "PROTOCOLS", "get_protocol", "LabEmbedding", "load_model", "Propagator", "crw_topk_step",
-    "propagate_mask", "propagate_keypoints", "one_hot", "heatmaps", "to_grid", "upsample", "labels_to_mask", "heatmap_peaks", "working_size", "peak_rss_mb",
+    "propagate_mask", "propagate_keypoints", "check_first_mask", "one_hot", "heatmaps", "to_grid", "upsample", "labels_to_mask", "heatmap_peaks", "working_size", "peak_rss_mb",
 ]

@@ -62,12 +62,11 @@ def read_mask(path: str) -> np.ndarray:
         with Image.open(path) as im:
             mode = im.mode
             if mode == "P":
-                arr = np.asarray(im)
-                return arr.astype(np.uint8, copy=False)
+                return np.array(im, dtype=np.uint8)
             if mode == "1":
-                return np.asarray(im).astype(np.uint8)
+                return np.array(im, dtype=np.uint8)
             if mode in ("L", "I", "I;16", "LA"):
-                arr = np.asarray(im.convert("L") if mode != "L" else im)
+                arr = np.array(im.convert("L") if mode != "L" else im)
             elif mode in ("RGB", "RGBA"):
                 arr = np.asarray(im.convert("RGB"))
                 if (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all():

@@ -1,0 +1,222 @@
+"""Label propagation: protocols, the exact crw top-k, labels, and tracking synthetic motion."""
+import numpy as np
+import pytest
+import torch
+
+from densecorr.data import DataError
+from densecorr.propagation import (
+    PROTOCOLS,
+    LabEmbedding,
+    Propagator,
+    crw_topk_step,
+    get_protocol,
+    heatmap_peaks,
+    heatmaps,
+    labels_to_mask,
+    load_model,
+    one_hot,
+    propagate_keypoints,
+    propagate_mask,
+    to_grid,
+    working_size,
+)
+
+
+def brute_force_crw(q, first, first_lab, feats, labs, radius, topk, scale):
+    """Joint top-k over all positions of `first` and the circle windows of `feats`, one pixel at a time."""
+    D, h, w = q.shape
+    out = torch.zeros(labs[0].shape[0], h, w, dtype=torch.float64)
+    offsets = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1) if dy * dy + dx * dx <= radius * radius]
+    for y in range(h):
+        for x in range(w):
+            logits, values = [], []
+            for yy in range(h if first is not None else 0):
+                for xx in range(w):
+                    logits.append(scale * float(q[:, y, x] @ first[:, yy, xx]))
+                    values.append(first_lab[:, yy, xx])
+            for k, lab in zip(feats, labs):
+                for dy, dx in offsets:
+                    if 0 <= y + dy < h and 0 <= x + dx < w:
+                        logits.append(scale * float(q[:, y, x] @ k[:, y + dy, x + dx]))
+                        values.append(lab[:, y + dy, x + dx])
+            logits = torch.tensor(logits, dtype=torch.float64)
+            top = logits.topk(topk)
+            wts = torch.softmax(top.values, 0)
+            out[:, y, x] = sum(wt * values[i].double() for wt, i in zip(wts, top.indices.tolist()))
+    return out
+
+
+def test_crw_topk_step_is_exact():
+    g = torch.Generator().manual_seed(0)
+    D, h, w, K = 4, 6, 7, 3
+    q = torch.randn(D, h, w, generator=g, dtype=torch.float64)
+    first = torch.randn(D, h, w, generator=g, dtype=torch.float64)
+    feats = [torch.randn(D, h, w, generator=g, dtype=torch.float64) for _ in range(3)]
+    first_lab = torch.rand(K, h, w, generator=g, dtype=torch.float64)
+    labs = [torch.rand(K, h, w, generator=g, dtype=torch.float64) for _ in range(3)]
+    expected = brute_force_crw(q, first, first_lab, feats, labs, radius=2, topk=5, scale=3.0)
+    # small chunks and two references per call exercise every merge path
+    got = crw_topk_step(q, first, first_lab, feats, labs, radius=2, topk=5, scale=3.0, chunk=5, refs_per_call=2)
+    torch.testing.assert_close(got, expected)
+    # without a global reference: top-k over the windows only
+    expected = brute_force_crw(q, None, None, feats, labs, radius=2, topk=5, scale=3.0)
+    torch.testing.assert_close(crw_topk_step(q, None, None, feats, labs, radius=2, topk=5, scale=3.0), expected)
+
+
+def test_protocol_references():
+    crw, mast, uvc, corrflow = (PROTOCOLS[n] for n in ("crw", "mast", "uvc", "corrflow"))
+    assert crw.references(1) == [0]
+    assert crw.references(25) == [0] + list(range(24, 4, -1))
+    assert crw.references(10) == [0] + list(range(9, 0, -1))  # frame 0 once
+    assert mast.references(3) == [0, 2]
+    assert mast.references(9) == [0, 5, 8, 6, 4]
+    assert mast.references(6) == [0, 5, 3, 1]
+    assert uvc.references(20) == [0] + list(range(19, 12, -1))
+    assert corrflow.references(7) == [6]
+    for p in PROTOCOLS.values():  # the memory is bounded whatever the length
+        for t in range(1, 200):
+            assert set(p.references(t + 1)) <= p.keep_after(t)
+            assert len(p.keep_after(t)) <= len(p.long_term) + max(p.previous)
+    assert get_protocol("crw", temperature=0.1).scale == pytest.approx(10.0)
+    with pytest.raises(DataError, match="unknown protocol"):
+        get_protocol("nope")
+
+
+def test_labels_one_hot_grid_roundtrip():
+    ids = np.zeros((16, 24), np.uint8)
+    ids[4:12, 8:16] = 7
+    ids[0:4, 0:8] = 2
+    onehot = one_hot(ids, [2, 7])
+    assert onehot.shape == (3, 16, 24) and torch.equal(onehot.sum(0), torch.ones(16, 24))
+    grid = to_grid(onehot, (4, 6))  # area averages of 4x4 blocks, aligned with the objects
+    assert torch.equal(grid[2], torch.tensor([[0, 0, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0], [0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0]], dtype=torch.float32))
+    back = labels_to_mask(grid, [2, 7], (16, 24))
+    assert back.dtype == np.uint8
+    # bilinear upsampling + argmax keeps each block's label away from the blocks' edges
+    assert (back[5:11, 9:15] == 7).all() and (back[0:3, 0:7] == 2).all() and (back[13:, :] == 0).all()
+
+
+def test_heatmaps_and_peaks():
+    xy = np.array([[10.0, 5.0], [40.0, 20.0]])
+    maps = heatmaps(xy, (32, 48), (8, 12), sigma=1.0)  # stride 4
+    assert maps.shape == (2, 8, 12)
+    peaks = heatmap_peaks(maps, (32, 48))
+    assert np.abs(peaks - xy).max() <= 2.0
+
+
+def test_working_size():
+    assert working_size((480, 854), 8) == (480, 856)
+    assert working_size((480, 854), 4, height=240) == (240, 428)
+    assert working_size((10, 10), 8, height=2) == (8, 8)
+
+
+def moving_square_video(n=8, h=48, w=80, step=4, size=16):
+    """A textured square (random colours in 4x4 cells) moving right over a fixed smooth
+    background; id masks (object id 3) too.
+
+    Positions and motion are multiples of the stride (4) so that the test measures tracking,
+    not the quantisation of a 4-cell object (copying frame 0's labels would give IoU 0.6).
+    The texture makes every cell of the square distinct, so that keypoints can be located."""
+    g = torch.Generator().manual_seed(1)
+    bg = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 5, generator=g), size=(h, w), mode="bilinear", align_corners=False)[0]
+    bg = (bg * 0.4 * 255).permute(1, 2, 0).to(torch.uint8).numpy()
+    cells = (torch.rand(size // 4, size // 4, 3, generator=g) * 155 + 100).to(torch.uint8).numpy()
+    texture = cells.repeat(4, axis=0).repeat(4, axis=1)
+    frames, masks = [], []
+    for t in range(n):
+        f = bg.copy()
+        m = np.zeros((h, w), np.uint8)
+        y0, x0 = 16, 8 + step * t
+        f[y0 : y0 + size, x0 : x0 + size] = texture
+        m[y0 : y0 + size, x0 : x0 + size] = 3
+        frames.append(f)
+        masks.append(m)
+    return frames, masks
+
+
+@pytest.mark.parametrize("protocol", ["crw", "mast", "uvc", "corrflow"])
+def test_tracks_a_moving_square(protocol):
+    from densecorr.metrics import iou
+
+    frames, masks = moving_square_video()
+    proto = get_protocol(protocol)
+    model, _ = load_model("lab", stride=4)
+    prop = Propagator(model, proto)
+    results = list(propagate_mask(prop, frames, masks[0]))
+    assert [t for t, _, _ in results] == list(range(1, len(frames)))
+    for t, frame, pred in results:
+        assert pred.shape == masks[t].shape and set(np.unique(pred)) <= {0, 3}
+        assert iou(pred == 3, masks[t] == 3) > 0.9, (protocol, t)
+    assert prop.timer > 0
+
+
+def test_keypoints_follow_the_square():
+    frames, _ = moving_square_video(n=6)
+    model, _ = load_model("lab", stride=4)
+    prop = Propagator(model, "crw")
+    start = np.array([[12.0, 20.0], [20.0, 26.0]])  # on the square (x 8..23, y 16..31)
+    for t, xy in propagate_keypoints(prop, frames, start):
+        assert xy.shape == (2, 2)
+        # each prediction moves with the square (4 px per frame), within a feature cell
+        assert np.abs(xy - (start + [4 * t, 0])).max() <= 4, (t, xy)
+
+
+def test_bad_first_masks():
+    frames, masks = moving_square_video(n=3)
+    prop = Propagator(LabEmbedding(4), "corrflow")
+    with pytest.raises(DataError, match="empty"):
+        list(propagate_mask(prop, frames, np.zeros_like(masks[0])))
+    with pytest.raises(DataError, match="frames' size"):
+        list(propagate_mask(prop, frames, masks[0][:, :40]))
+    uneven = frames[:2] + [frames[2][:, :60]]
+    with pytest.raises(DataError, match="one size"):
+        list(propagate_mask(prop, uneven, masks[0]))
+
+
+def test_height_option_keeps_output_size():
+    frames, masks = moving_square_video(n=3)
+    prop = Propagator(LabEmbedding(4), "corrflow", height=24)
+    (t, _, pred), _ = list(propagate_mask(prop, frames, masks[0]))
+    assert pred.shape == (48, 80)
+
+
+def test_load_model(tmp_path, capsys):
+    model, desc = load_model("lab", stride=4)
+    assert isinstance(model, LabEmbedding) and model.stride == 4
+    model, desc = load_model("default")
+    assert isinstance(model, LabEmbedding)
+    assert "default" in capsys.readouterr().out
+    with pytest.raises(DataError, match="unknown model"):
+        load_model("no-such-model")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage that is not a checkpoint")
+    with pytest.raises(DataError, match="cannot read checkpoint"):
+        load_model(str(bad))
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"weights": {}}, wrong)
+    with pytest.raises(DataError, match="'model', 'config', 'state_dict'"):
+        load_model(str(wrong))
+    lab = tmp_path / "lab.pt"
+    torch.save({"model": "lab", "config": {"stride": 2}, "state_dict": {}}, lab)
+    model, _ = load_model(str(lab))
+    assert model.stride == 2
+
+
+def test_load_registered_model_checkpoint(tmp_path):
+    models = pytest.importorskip("densecorr.models")
+    names = models.list_models()
+    if not names:
+        pytest.skip("densecorr.models registers no model yet")
+    name = names[0]
+    model = models.create(name)
+    ckpt = tmp_path / "m.pt"
+    torch.save({"model": name, "config": {}, "state_dict": model.state_dict()}, ckpt)
+    loaded, desc = load_model(str(ckpt))
+    assert type(loaded) is type(model) and name in desc
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    state = model.state_dict()
+    state.pop(next(iter(state)))
+    torch.save({"model": name, "config": {}, "state_dict": state}, ckpt)
+    with pytest.raises(DataError, match="does not fit"):
+        load_model(str(ckpt))
