@@ -1,0 +1,132 @@
+"""ResNet feature extractors shared by the models (no pretrained weights; nothing is downloaded).
+
+- `ResNet18(stride=8 | 4, width, out_dim, in_channels)`: the ResNet-18 trunk (He et al. 2016)
+  with the later stages at stride 1 so the output stride is 8 (layer3 and layer4 at stride
+  1) or 4 (layer2-4 at stride 1), the resolution dense correspondence needs.
+- `ResNet50Res4(width, out_dim, in_channels)`: ResNet-50 up to res4 (layer3) with res4 at
+  stride 1, output stride 8 (CycleTime, Wang et al. 2019).
+
+`width` is the stem's channel count (64 in the papers); stage i has width * 2**i channels
+(x 4 for bottlenecks). `out_dim` adds a 1 x 1 projection to that many channels (None keeps
+the trunk's own channels). Output: (B, out_channels, ceil(H / stride), ceil(W / stride)).
+"""
+from __future__ import annotations
+
+from torch import nn
+
+
+def _norm(channels: int) -> nn.Module:
+    return nn.BatchNorm2d(channels)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn1 = _norm(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = _norm(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.down = None
+        if stride != 1 or cin != planes:
+            self.down = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), _norm(planes))
+
+    def forward(self, x):
+        identity = x if self.down is None else self.down(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int = 1):
+        super().__init__()
+        cout = planes * self.expansion
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = _norm(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = _norm(planes)
+        self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
+        self.bn3 = _norm(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _norm(cout))
+
+    def forward(self, x):
+        identity = x if self.down is None else self.down(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class _ResNetTrunk(nn.Module):
+    """Stem (7 x 7 conv stride 2, 3 x 3 max-pool stride 2) and residual stages."""
+
+    def __init__(self, block, depths, strides, width, in_channels, out_dim):
+        super().__init__()
+        if width < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 7, 2, 3, bias=False),
+            _norm(width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        )
+        stages, cin = [], width
+        for i, (depth, stride) in enumerate(zip(depths, strides)):
+            planes = width * 2**i
+            blocks = [block(cin, planes, stride)]
+            cin = planes * block.expansion
+            blocks += [block(cin, planes) for _ in range(depth - 1)]
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.stride = 4
+        for s in strides:
+            self.stride *= s
+        self.proj = nn.Conv2d(cin, out_dim, 1) if out_dim else None
+        self.out_channels = out_dim or cin
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        """x: (B, in_channels, H, W) -> (B, out_channels, ceil(H / stride), ceil(W / stride))."""
+        x = self.stages(self.stem(x))
+        return x if self.proj is None else self.proj(x)
+
+
+class ResNet18(_ResNetTrunk):
+    """ResNet-18 trunk at output stride 8 (layer3, layer4 at stride 1) or 4 (layer2-4 at stride 1)."""
+
+    def __init__(self, stride: int = 8, width: int = 64, out_dim: int | None = None, in_channels: int = 3):
+        if stride not in (4, 8):
+            raise ValueError(f"ResNet18 stride must be 4 or 8, got {stride}")
+        strides = (1, 2, 1, 1) if stride == 8 else (1, 1, 1, 1)
+        super().__init__(BasicBlock, (2, 2, 2, 2), strides, width, in_channels, out_dim)
+
+
+class ResNet50Res4(_ResNetTrunk):
+    """ResNet-50 up to res4 (layer3, 6 bottlenecks) with res4 at stride 1: output stride 8.
+
+    Native output channels: 16 * width (1024 for width 64), as in CycleTime.
+    """
+
+    def __init__(self, width: int = 64, out_dim: int | None = None, in_channels: int = 3):
+        super().__init__(Bottleneck, (3, 4, 6), (1, 2, 1), width, in_channels, out_dim)
+
+
+def build_backbone(arch: str, stride: int, width: int, out_dim: int | None, in_channels: int) -> nn.Module:
+    """Build "resnet18" (stride 4 or 8) or "resnet50_res4" (stride 8) from config values."""
+    if arch == "resnet18":
+        return ResNet18(stride, width, out_dim, in_channels)
+    if arch == "resnet50_res4":
+        if stride != 8:
+            raise ValueError(f"resnet50_res4 has output stride 8, got stride={stride}")
+        return ResNet50Res4(width, out_dim, in_channels)
+    raise ValueError(f"unknown backbone arch {arch!r}; choose 'resnet18' or 'resnet50_res4'")

@@ -1,0 +1,238 @@
+"""CycleTime: learning correspondence from the cycle-consistency of time (Wang et al., CVPR 2019).
+
+A patch of the clip's last frame is tracked backward through the earlier frames and forward
+again; where it comes back should be where it started. One tracking step from a patch
+(features P, a grid of ph x pw cells) to a frame (features F, h x w cells):
+  1. A = global_affinity(P, F, 1 / T): for each patch cell, a softmax over the frame's cells,
+     on L2-normalised features;
+  2. a small conv + linear regressor reads A (channels = the h*w frame cells, spatial = the
+     patch grid) and outputs a rotation angle and a translation; the scale is fixed;
+  3. affine_grid / grid_sample crop the new patch from F with that transform.
+Losses (weights as in the paper's code):
+  - inlier (1): the affinity mass that each patch cell puts within one cell of where the
+    predicted transform maps it (the code's weak inlier count), for the direct steps from the
+    initial patch to every earlier frame;
+  - skip (0.1): from the patch tracked back to each earlier frame, one jump back to the last
+    frame must land on the initial patch;
+  - long (0.02): cycles of every length 1..T-1 (back k frames, forward k-1, then to the last
+    frame) must land on the initial patch.
+Landing errors are the mean squared distance between the points of a grid transformed by
+the predicted and by the initial transform (normalised [-1, 1] image coordinates).
+
+The regressor's input channels are the frame's cells, so training frames have a fixed size
+(`frame_size`); `embed` takes any size. Differences from the paper, on purpose: the patch is
+sampled from the last frame's feature map (not re-encoded from an image crop); the
+regressor's convolutions are 3 x 3 with a 4 x 4 adaptive pooling (so any patch grid works);
+no ImageNet pretraining; ResNet-50's res4 at stride 1 with a 1 x 1 projection + ReLU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import build_backbone
+from .common import normalise_rgb, tokens
+from .registry import CorrespondenceModel, ModelConfig, register_model
+
+
+@dataclasses.dataclass
+class CycleTimeConfig(ModelConfig):
+    """arch/width/out_dim: backbone (ResNet-50 res4 at stride 1, 1 x 1 projection to out_dim);
+    clip_length frames, the last holds the initial patch; frame_size: side of the (square)
+    training frames; patch_scale: patch side / frame side (the fixed scale); patch_cells:
+    side of the patch grid; temperature of the affinity softmax (None: out_dim ** -0.5, the
+    paper's); regressor_channels; loss weights."""
+
+    arch: str = "resnet50_res4"
+    width: int = 64
+    out_dim: int = 512
+    clip_length: int = 4
+    frame_size: int = 128
+    patch_scale: float = 0.5
+    patch_cells: int = 8
+    temperature: float | None = None
+    regressor_channels: int = 128
+    inlier_weight: float = 1.0
+    skip_weight: float = 0.1
+    long_weight: float = 0.02
+
+    def validate(self):
+        self._positive("width", "out_dim", "frame_size", "patch_cells", "regressor_channels")
+        if self.clip_length < 2:
+            raise ValueError(f"CycleTimeConfig.clip_length must be >= 2, got {self.clip_length}")
+        if not 0 < self.patch_scale <= 1:
+            raise ValueError(f"CycleTimeConfig.patch_scale must be in (0, 1], got {self.patch_scale}")
+        if self.frame_size % 8:
+            raise ValueError(f"CycleTimeConfig.frame_size must be a multiple of the stride 8, got {self.frame_size}")
+        if self.temperature is not None and self.temperature <= 0:
+            raise ValueError(f"CycleTimeConfig.temperature must be > 0, got {self.temperature}")
+
+
+class TransformRegressor(nn.Module):
+    """Affinity (B, M, ph, pw) -> rotation + translation (B, 3) = (tx, ty, angle)."""
+
+    def __init__(self, frame_cells: int, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(frame_cells, channels, 3, padding=1, bias=False),
+            nn.LeakyReLU(0.1, inplace=True),
+            nn.Conv2d(channels, channels // 2, 3, padding=1, bias=False),
+            nn.LeakyReLU(0.1, inplace=True),
+            nn.AdaptiveAvgPool2d(4),
+        )
+        self.linear = nn.Linear(channels // 2 * 16, 3)
+        for m in self.body:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        # Small output at start: the first predictions are near the frame's centre, unrotated.
+        nn.init.normal_(self.linear.weight, 0.0, 0.01)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, attn):
+        return self.linear(self.body(attn).flatten(1))
+
+
+@register_model("cycletime")
+class CycleTime(CorrespondenceModel):
+    """Cycle-consistent patch tracking. Clip (B, clip_length, 3, frame_size, frame_size)."""
+
+    Config = CycleTimeConfig
+
+    def __init__(self, config: CycleTimeConfig):
+        super().__init__(config)
+        self.backbone = build_backbone(config.arch, 8, config.width, config.out_dim, in_channels=3)
+        cells = config.frame_size // 8
+        self.regressor = TransformRegressor(cells * cells, config.regressor_channels)
+        # Fixed points whose transformed positions measure how far two transforms disagree.
+        g = torch.linspace(-1.0, 1.0, 20)
+        self.register_buffer("grid_points", torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2), persistent=False)
+
+    @property
+    def clip_length(self) -> int:
+        return self.config.clip_length
+
+    @property
+    def stride(self) -> int:
+        return 8
+
+    @property
+    def scale(self) -> float:
+        t = self.config.temperature
+        return 1.0 / t if t is not None else math.sqrt(self.config.out_dim)
+
+    def features(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (B, 3, H, W) -> unnormalised features (B, D, H / 8, W / 8) (after ReLU)."""
+        return F.relu(self.backbone(normalise_rgb(frames)))
+
+    def embed(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (B, 3, H, W) RGB in [0, 1] -> L2-normalised features (B, D, H / 8, W / 8)."""
+        self.check_frames(frames)
+        return F.normalize(self.features(frames), dim=1)
+
+    def weights(self):
+        c = self.config
+        return {"inlier": c.inlier_weight, "skip": c.skip_weight, "long": c.long_weight}
+
+    # -- transforms ---------------------------------------------------------------------
+    def theta(self, params: torch.Tensor) -> torch.Tensor:
+        """(B, 3) (tx, ty, angle) -> (B, 2, 3) affine matrix with the fixed scale."""
+        s = self.config.patch_scale
+        tx, ty, a = params.unbind(1)
+        cos, sin = torch.cos(a) * s, torch.sin(a) * s
+        return torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+
+    def crop(self, feats: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """feats (B, D, h, w), theta (B, 2, 3) -> patch (B, D, patch_cells, patch_cells)."""
+        n = self.config.patch_cells
+        grid = F.affine_grid(theta, [feats.shape[0], feats.shape[1], n, n], align_corners=False)
+        return F.grid_sample(feats, grid, align_corners=False)
+
+    def grid_distance(self, theta: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean squared distance of the grid points under two transforms (B, 2, 3) -> scalar."""
+        pts = self.grid_points.to(theta)
+        a = pts @ theta[:, :, :2].transpose(1, 2) + theta[:, :, 2].unsqueeze(1)
+        b = pts @ target[:, :, :2].transpose(1, 2) + target[:, :, 2].unsqueeze(1)
+        return ((a - b) ** 2).sum(-1).mean()
+
+    def track(self, patch: torch.Tensor, norm: torch.Tensor, raw: torch.Tensor):
+        """One step: patch (B, D, n, n) normalised, frame features norm/raw (B, D, h, w)
+        -> (theta (B, 2, 3), new normalised patch (B, D, n, n), affinity (B, n*n, h*w))."""
+        b, _, h, w = norm.shape
+        n = self.config.patch_cells
+        attn = self.ops.global_affinity(tokens(patch), tokens(norm), scale=self.scale)  # (B, n*n, h*w)
+        theta = self.theta(self.regressor(attn.transpose(1, 2).reshape(b, h * w, n, n)))
+        return theta, F.normalize(self.crop(raw, theta), dim=1), attn
+
+    def inlier(self, attn: torch.Tensor, theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Mean affinity mass within one cell of where `theta` maps each patch cell.
+
+        attn (B, n*n, h*w), theta (B, 2, 3) -> scalar in [0, 1]. The 3 x 3 box sum of each
+        cell's affinity map, read bilinearly at the transformed position (so the count is
+        differentiable in the transform too).
+        """
+        b = attn.shape[0]
+        n = self.config.patch_cells
+        maps = attn.reshape(b * n * n, 1, h, w)
+        box = F.avg_pool2d(maps, 3, 1, 1, count_include_pad=True) * 9  # sum over the 3 x 3 box
+        where = F.affine_grid(theta, [b, 1, n, n], align_corners=False).reshape(b * n * n, 1, 1, 2)
+        return F.grid_sample(box, where, align_corners=False).mean()
+
+    # -- loss -----------------------------------------------------------------------------
+    def loss_terms(self, clip):
+        cfg = self.config
+        b, t, _, h, w = clip.shape
+        if h != cfg.frame_size or w != cfg.frame_size:
+            raise ValueError(
+                f"cycletime trains on {cfg.frame_size} x {cfg.frame_size} frames (config.frame_size; the "
+                f"transform regressor reads every frame cell), got clip of shape {tuple(clip.shape)}"
+            )
+        raw = self.features(clip.flatten(0, 1))
+        raw = raw.view(b, t, *raw.shape[1:])
+        norm = F.normalize(raw, dim=2)
+        fh, fw = raw.shape[-2:]
+        last = t - 1
+
+        # The initial patch: a random axis-aligned crop of the last frame, inside the frame.
+        margin = 1.0 - cfg.patch_scale
+        params0 = torch.cat([(torch.rand(b, 2, device=clip.device, dtype=clip.dtype) * 2 - 1) * margin,
+                             clip.new_zeros(b, 1)], 1)
+        theta0 = self.theta(params0)
+        patch0 = F.normalize(self.crop(raw[:, last], theta0), dim=1)
+
+        # Backward chain last -> last-1 -> ... -> 0; step k reaches frame last-k.
+        back = [patch0]
+        inliers = []
+        for k in range(1, t):
+            theta, patch, attn = self.track(back[-1], norm[:, last - k], raw[:, last - k])
+            back.append(patch)
+            if k == 1:
+                inliers.append(self.inlier(attn, theta, fh, fw))
+        # Direct steps from the initial patch to the other earlier frames, for the inlier count.
+        for k in range(2, t):
+            theta, _, attn = self.track(patch0, norm[:, last - k], raw[:, last - k])
+            inliers.append(self.inlier(attn, theta, fh, fw))
+
+        # Long cycles: back k frames, forward to frame last-1, then to the last frame.
+        long_terms = []
+        for k in range(1, t):
+            patch = back[k]
+            for frame in range(last - k + 1, last):
+                _, patch, _ = self.track(patch, norm[:, frame], raw[:, frame])
+            theta, _, _ = self.track(patch, norm[:, last], raw[:, last])
+            long_terms.append(self.grid_distance(theta, theta0))
+
+        # Skip cycles: from the patch tracked back to each earlier frame, straight to the last.
+        skip_terms = []
+        for k in range(1, t):
+            theta, _, _ = self.track(back[k], norm[:, last], raw[:, last])
+            skip_terms.append(self.grid_distance(theta, theta0))
+
+        return {
+            "inlier": -torch.stack(inliers).mean(),
+            "skip": torch.stack(skip_terms).mean(),
+            "long": torch.stack(long_terms).mean(),
+        }

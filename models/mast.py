@@ -1,0 +1,147 @@
+"""MAST: a memory-augmented self-supervised tracker (Lai, Lu & Xie, CVPR 2020).
+
+The target frame is reconstructed in Lab from several reference frames at once: with
+stride-4 features f, target pixel j gets
+    y_j = sum_{t, i in window_t(j)} softmax_{t,i}(f_j . f_{t,i}) lab_{t,i} ,
+one softmax jointly over all references' windows: one `local_attention` call with the
+references stacked as (B, T, D, h, w). The loss is the Huber (smooth L1) distance between y
+and the target's Lab at feature resolution.
+
+- Input: Lab, with channel dropout -- one of the a/b channels is zeroed in every frame of the
+  clip (the others rescaled by 3/2), so the features cannot carry it and reconstructing the
+  target (dropped channel included) has to go through correspondence.
+- Memory: short-term references are the frames just before the target (window radius r
+  around the same position); long-term references are the first frames of the clip, found by
+  ROI localisation: a coarse window with dilation d gives each target pixel a softmax over
+  far positions, whose expected offset is the ROI centre; the reference's features and
+  colours are resampled at the ROI centres (bilinear), and a local window of radius r is
+  taken there. The resampling warps the reference by the per-pixel offset field, so the
+  window around pixel j is centred on j's own ROI where the field is locally constant (MAST
+  samples each window around its own centre; this keeps to the fused op).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from .backbones import build_backbone
+from .colour import normalise_lab, rgb_to_lab
+from .common import area_downsample
+from .registry import CorrespondenceModel, ModelConfig, register_model
+
+
+@dataclasses.dataclass
+class MASTConfig(ModelConfig):
+    """Backbone (ResNet-18 at stride 4, out_dim channels); num_long_refs (first frames, ROI
+    localised) and num_short_refs (frames before the target) references, clip_length =
+    their sum + 1; radius of the reference windows; roi_radius and roi_dilation of the
+    coarse localisation window; scale of the logits; dropout_p: probability that a clip has
+    one a/b channel dropped; huber_delta of the smooth L1 loss (normalised Lab units)."""
+
+    arch: str = "resnet18"
+    stride: int = 4
+    width: int = 64
+    out_dim: int = 64
+    num_long_refs: int = 1
+    num_short_refs: int = 2
+    radius: int = 6
+    roi_radius: int = 4
+    roi_dilation: int = 4
+    scale: float = 1.0
+    dropout_p: float = 1.0
+    huber_delta: float = 0.1
+
+    def validate(self):
+        self._positive("width", "out_dim", "roi_dilation", "scale", "huber_delta")
+        if self.num_short_refs < 0 or self.num_long_refs < 0 or self.num_short_refs + self.num_long_refs < 1:
+            raise ValueError(
+                f"MASTConfig needs >= 1 reference, got num_long_refs={self.num_long_refs}, num_short_refs={self.num_short_refs}"
+            )
+        if self.radius < 0 or self.roi_radius < 0:
+            raise ValueError(f"MASTConfig radius and roi_radius must be >= 0, got {self.radius}, {self.roi_radius}")
+        if not 0.0 <= self.dropout_p <= 1.0:
+            raise ValueError(f"MASTConfig.dropout_p must be in [0, 1], got {self.dropout_p}")
+
+
+@register_model("mast")
+class MAST(CorrespondenceModel):
+    """Lab reconstruction from a multi-reference memory. Clip (B, long + short + 1, 3, H, W):
+    long-term references first, then short-term references, target last."""
+
+    Config = MASTConfig
+
+    def __init__(self, config: MASTConfig):
+        super().__init__(config)
+        self.backbone = build_backbone(config.arch, config.stride, config.width, config.out_dim, in_channels=3)
+        r = config.roi_radius
+        d = torch.arange(-r, r + 1, dtype=torch.float32) * config.roi_dilation
+        dy, dx = torch.meshgrid(d, d, indexing="ij")  # row-major window order, as the ops
+        self.register_buffer("roi_offsets", torch.stack([dx.flatten(), dy.flatten()], 1), persistent=False)
+
+    @property
+    def clip_length(self) -> int:
+        return self.config.num_long_refs + self.config.num_short_refs + 1
+
+    @property
+    def stride(self) -> int:
+        return self.config.stride
+
+    def embed(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (B, 3, H, W) RGB in [0, 1] -> (B, out_dim, H / 4, W / 4), from the full Lab."""
+        self.check_frames(frames)
+        return self.backbone(normalise_lab(rgb_to_lab(frames)))
+
+    def weights(self):
+        return {"reconstruction": 1.0}
+
+    def drop_channel(self, lab: torch.Tensor) -> torch.Tensor:
+        """lab (B, T, 3, H, W) normalised -> one of a/b zeroed per clip (prob dropout_p), x 3/2."""
+        b = lab.shape[0]
+        dropped = torch.rand(b, device=lab.device) < self.config.dropout_p
+        channel = torch.randint(1, 3, (b,), device=lab.device)
+        keep = torch.ones(b, 3, device=lab.device, dtype=lab.dtype)
+        keep[torch.arange(b, device=lab.device), channel] = 0.0
+        keep = torch.where(dropped.unsqueeze(1), keep * 1.5, torch.ones_like(keep))
+        return lab * keep.view(b, 1, 3, 1, 1)
+
+    def localise(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """ROI localisation of a long-term reference.
+
+        q: target features (B, D, h, w); k: reference features (B, D, h, w); v: reference
+        colours (B, C, h, w). Returns k and v resampled at each target pixel's ROI centre.
+        """
+        c = self.config
+        b, _, h, w = q.shape
+        attn = self.ops.local_affinity(q, k, c.roi_radius, dilation=c.roi_dilation, scale=c.scale)
+        offset = torch.einsum("bphw,pc->bchw", attn, self.roi_offsets.to(attn))  # (B, 2, h, w) in cells
+        ys, xs = torch.meshgrid(
+            torch.arange(h, device=q.device, dtype=q.dtype), torch.arange(w, device=q.device, dtype=q.dtype), indexing="ij"
+        )
+        x = xs + offset[:, 0]
+        y = ys + offset[:, 1]
+        # Cell centres -> grid_sample's normalised coordinates (align_corners=False).
+        grid = torch.stack([(2 * x + 1) / w - 1, (2 * y + 1) / h - 1], dim=-1)
+        warp = lambda t: F.grid_sample(t, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return warp(k), warp(v)
+
+    def loss_terms(self, clip):
+        c = self.config
+        b, t = clip.shape[:2]
+        lab = normalise_lab(rgb_to_lab(clip))  # (B, T, 3, H, W)
+        feats = self.backbone(self.drop_channel(lab).flatten(0, 1))
+        feats = feats.view(b, t, *feats.shape[1:])
+        colours = area_downsample(lab.flatten(0, 1), self.stride).view(b, t, 3, *feats.shape[-2:])
+        q = feats[:, -1]
+        keys, values = [], []
+        for i in range(c.num_long_refs):
+            k, v = self.localise(q, feats[:, i], colours[:, i])
+            keys.append(k)
+            values.append(v)
+        for i in range(c.num_long_refs, t - 1):
+            keys.append(feats[:, i])
+            values.append(colours[:, i])
+        pred = self.ops.local_attention(q, torch.stack(keys, 1), torch.stack(values, 1), c.radius, scale=c.scale)
+        loss = F.smooth_l1_loss(pred, colours[:, -1], beta=c.huber_delta)
+        return {"reconstruction": loss}

@@ -1,0 +1,189 @@
+"""Model registry, the config base class and the interface every model implements.
+
+    model = densecorr.models.create("mast", radius=4, backend="reference")
+    out = model(clip)            # clip (B, T, 3, H, W) RGB in [0, 1], T = model.clip_length
+    out["loss"].backward()       # out also holds the loss's named terms (unweighted)
+    feats = model.embed(frames)  # (B, 3, H, W) -> (B, D, H / stride, W / stride)
+
+Configs are dataclasses (one per model) holding plain values, so they round-trip through
+`to_dict` / `from_dict` (and JSON / YAML). Models read nothing global.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .affinity import Affinity
+
+_REGISTRY: dict[str, type["CorrespondenceModel"]] = {}
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Fields every model has.
+
+    backend: densecorr backend passed to every op call (None: automatic choice).
+    affinity: "densecorr" (the memory-efficient ops) or "naive" (bmm/softmax/unfold, the
+        textbook computation, for comparisons; same function, materialises the affinity).
+    """
+
+    backend: str | None = None
+    affinity: str = "densecorr"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of the fields (tuples become lists so that it serialises as JSON)."""
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in dataclasses.fields(self)
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        """The config with these field values; unknown keys are an error that names them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"{cls.__name__} has no field(s) {unknown}; fields: {sorted(names)}")
+        return cls(**values)
+
+    def __post_init__(self):
+        # Lists (from JSON/YAML) become tuples so that configs compare and hash by value.
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, list):
+                object.__setattr__(self, f.name, tuple(v))
+        if self.affinity not in ("densecorr", "naive"):
+            raise ValueError(f"affinity must be 'densecorr' or 'naive', got {self.affinity!r}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Per-model checks of field values (raise ValueError naming the field)."""
+
+    def _positive(self, *names: str) -> None:
+        for name in names:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{type(self).__name__}.{name} must be > 0, got {getattr(self, name)!r}")
+
+
+class CorrespondenceModel(nn.Module):
+    """Base class: a self-supervised correspondence model with an explicit config.
+
+    Subclasses set `Config` (their dataclass), implement `embed` and `loss_terms`, and give
+    their loss weights through `weights()`.
+    """
+
+    Config: type[ModelConfig] = ModelConfig
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if not isinstance(config, self.Config):
+            raise TypeError(f"{type(self).__name__} takes a {self.Config.__name__}, got {type(config).__name__}")
+        self.config = config
+        self.ops = Affinity(config.affinity, config.backend)
+
+    # -- interface ----------------------------------------------------------------------
+    @property
+    def clip_length(self) -> int:
+        """Frames per training clip."""
+        raise NotImplementedError
+
+    @property
+    def stride(self) -> int:
+        """Output stride of `embed`."""
+        raise NotImplementedError
+
+    def embed(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (B, 3, H, W) RGB in [0, 1] -> features (B, D, H / stride, W / stride)."""
+        raise NotImplementedError
+
+    def loss_terms(self, clip: torch.Tensor) -> dict[str, torch.Tensor]:
+        """clip (B, T, 3, H, W) -> the unweighted scalar loss terms."""
+        raise NotImplementedError
+
+    def weights(self) -> dict[str, float]:
+        """Weight of each loss term in the total loss."""
+        raise NotImplementedError
+
+    def forward(self, clip: torch.Tensor) -> dict[str, torch.Tensor]:
+        """clip (B, T, 3, H, W) float RGB in [0, 1], T = clip_length -> {"loss": scalar, terms...}."""
+        self.check_clip(clip)
+        terms = self.loss_terms(clip)
+        weights = self.weights()
+        loss = sum(weights[name] * value for name, value in terms.items())
+        return {"loss": loss, **terms}
+
+    # -- helpers ------------------------------------------------------------------------
+    def check_clip(self, clip: torch.Tensor) -> None:
+        if not isinstance(clip, torch.Tensor) or clip.dim() != 5 or clip.shape[2] != 3:
+            shape = tuple(clip.shape) if isinstance(clip, torch.Tensor) else type(clip).__name__
+            raise ValueError(f"clip must be a (B, T, 3, H, W) RGB tensor, got {shape}")
+        if clip.shape[1] != self.clip_length:
+            raise ValueError(
+                f"{type(self).__name__} trains on clips of {self.clip_length} frames, got clip of shape {tuple(clip.shape)}"
+            )
+        if not clip.is_floating_point():
+            raise ValueError(f"clip must be float RGB in [0, 1], got dtype {clip.dtype}")
+        h, w = clip.shape[-2:]
+        if h % self.stride or w % self.stride:
+            raise ValueError(f"clip height and width must be multiples of the stride {self.stride}, got {h} x {w}")
+
+    def check_frames(self, frames: torch.Tensor) -> None:
+        if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[1] != 3:
+            shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
+            raise ValueError(f"frames must be a (B, 3, H, W) RGB tensor, got {shape}")
+
+    def use_affinity(self, affinity: str, backend: str | None = None) -> "CorrespondenceModel":
+        """Switch this model (weights unchanged) to `affinity` ("densecorr"/"naive") and `backend`."""
+        self.config = dataclasses.replace(self.config, affinity=affinity, backend=backend)
+        self.ops = Affinity(affinity, backend)
+        return self
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def register_model(name: str) -> Callable[[type[CorrespondenceModel]], type[CorrespondenceModel]]:
+    """Class decorator: make `create(name, ...)` build this model."""
+
+    def wrap(cls):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered ({_REGISTRY[name].__name__})")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Names of the registered models, sorted."""
+    return sorted(_REGISTRY)
+
+
+def model_class(name: str) -> type[CorrespondenceModel]:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {list_models()}")
+    return _REGISTRY[name]
+
+
+def get_config(name: str, **overrides) -> ModelConfig:
+    """The default config of model `name` with `overrides` applied."""
+    return model_class(name).Config.from_dict(overrides)
+
+
+def create(name: str, config: ModelConfig | dict | None = None, **overrides) -> CorrespondenceModel:
+    """Build model `name` from a config (object or dict; default: the model's defaults),
+    with keyword overrides of its fields, e.g. `create("corrflow", width=16, backend="reference")`."""
+    cls = model_class(name)
+    if config is None:
+        config = cls.Config()
+    elif isinstance(config, dict):
+        config = cls.Config.from_dict(config)
+    elif not isinstance(config, cls.Config):
+        raise TypeError(f"config for {name!r} must be a {cls.Config.__name__} or dict, got {type(config).__name__}")
+    if overrides:
+        config = cls.Config.from_dict({**config.to_dict(), **overrides})
+    return cls(config)

@@ -1,0 +1,96 @@
+"""Vid.Color: tracking emerges by colorizing videos (Vondrick et al., ECCV 2018).
+
+The network sees grayscale frames. The target frame's colours are predicted by pointing
+to the reference frames: with features f, the target pixel j gets the colour distribution
+    y_j = sum_i softmax_i(f_j . f_i / T) c_i
+over all pixels i of the references, c_i the one-hot of reference pixel i's colour cluster
+(Lab a/b quantised into 16 k-means clusters). The loss is the cross-entropy of y against the
+target's clusters. The pointing is one `global_attention` call over all references.
+
+Differences from the paper, on purpose: a ResNet-18 at stride 8 (the paper adds a 3D-conv
+head over the clip; here each frame is embedded alone so that `embed` is per frame); no
+pretraining. The colour clusters default to a fixed fit on DAVIS-2016 train
+(`colour.DEFAULT_AB_CENTROIDS`); call `fit_colour_clusters(frames)` to fit them to your data.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from .backbones import build_backbone
+from .colour import ColourQuantiser, rgb_to_gray, rgb_to_lab
+from .common import area_downsample, tokens
+from .registry import CorrespondenceModel, ModelConfig, register_model
+
+# The copied distribution is exactly 0 for a cluster no reference pixel has; the floor keeps
+# the cross-entropy finite there.
+_PROB_FLOOR = 1e-8
+
+
+@dataclasses.dataclass
+class VidColorConfig(ModelConfig):
+    """arch/stride/width/out_dim: the backbone; num_refs reference frames + 1 target per clip;
+    num_clusters colour clusters; temperature T of the pointing softmax (logits / T)."""
+
+    arch: str = "resnet18"
+    stride: int = 8
+    width: int = 64
+    out_dim: int | None = 64
+    num_refs: int = 3
+    num_clusters: int = 16
+    temperature: float = 0.5
+
+    def validate(self):
+        self._positive("num_refs", "num_clusters", "temperature", "width")
+
+
+@register_model("vidcolor")
+class VidColor(CorrespondenceModel):
+    """Colourisation by pointing. Clip (B, num_refs + 1, 3, H, W): references first, target last."""
+
+    Config = VidColorConfig
+
+    def __init__(self, config: VidColorConfig):
+        super().__init__(config)
+        self.backbone = build_backbone(config.arch, config.stride, config.width, config.out_dim, in_channels=1)
+        self.quantiser = ColourQuantiser(config.num_clusters)
+
+    @property
+    def clip_length(self) -> int:
+        return self.config.num_refs + 1
+
+    @property
+    def stride(self) -> int:
+        return self.config.stride
+
+    def fit_colour_clusters(self, frames: torch.Tensor, **kwargs) -> "VidColor":
+        """Fit the colour clusters to training frames (..., 3, H, W) RGB in [0, 1] (kwargs: see ColourQuantiser.fit)."""
+        self.quantiser.fit(frames, **kwargs)
+        return self
+
+    def embed(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (B, 3, H, W) RGB in [0, 1] -> (B, D, H / stride, W / stride), from the grayscale image."""
+        self.check_frames(frames)
+        return self.backbone(rgb_to_gray(frames))
+
+    def weights(self):
+        return {"colour": 1.0}
+
+    def loss_terms(self, clip):
+        cfg = self.config
+        b, t, _, h, w = clip.shape
+        feats = self.embed(clip.flatten(0, 1))  # (B*T, D, h, w)
+        d, fh, fw = feats.shape[1:]
+        feats = feats.view(b, t, d, fh, fw)
+        ab = area_downsample(rgb_to_lab(clip.flatten(0, 1))[:, 1:], self.stride)  # (B*T, 2, h, w)
+        labels = self.quantiser(ab).view(b, t, fh, fw)
+        refs = cfg.num_refs
+        q = tokens(feats[:, -1])  # (B, hw, D)
+        k = feats[:, :refs].permute(0, 1, 3, 4, 2).reshape(b, refs * fh * fw, d)  # (B, R*hw, D)
+        v = F.one_hot(labels[:, :refs].reshape(b, -1), cfg.num_clusters).to(feats.dtype)  # (B, R*hw, K)
+        prob = self.ops.global_attention(q, k, v, scale=1.0 / cfg.temperature)  # (B, hw, K)
+        logp = torch.log(prob.clamp_min(_PROB_FLOOR))
+        colour = F.nll_loss(logp.reshape(-1, cfg.num_clusters), labels[:, -1].reshape(-1))
+        return {"colour": colour}
