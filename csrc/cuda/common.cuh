@@ -27,7 +27,14 @@ __device__ __forceinline__ double dexp(double x) { return exp(x); }
 __device__ __forceinline__ float dlog(float x) { return logf(x); }
 __device__ __forceinline__ double dlog(double x) { return log(x); }
 
-constexpr int kThreads = 128;
+constexpr int kThreads = 128;  // threads per block of the one-thread-per-pixel kernels
+constexpr int kChunk = 8;      // value channels accumulated in registers per pass
+
+// kernel<<<grid, block, 0, stream>>>, spelled as a macro so that the CPU emulation
+// (csrc/cuda/emulation, used by tests/test_cuda.py) can run the same sources.
+#ifndef DC_LAUNCH
+#define DC_LAUNCH(kernel, grid, block, stream) kernel<<<grid, block, 0, stream>>>
+#endif
 
 inline unsigned blocks_for(int64_t n, int threads = kThreads) {
   return static_cast<unsigned>((n + threads - 1) / threads);

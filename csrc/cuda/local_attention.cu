@@ -11,8 +11,6 @@
 namespace densecorr_cuda {
 namespace {
 
-constexpr int kChunk = 8;  // value channels per register pass
-
 template <typename T>
 __device__ __forceinline__ acc_t<T> window_logit(const Window& w, const T* qb, const T* kb, int64_t HW,
                                                   int64_t pos, acc_t<T> scale) {
@@ -224,10 +222,10 @@ const char* local_attention_fwd(DType dt, const Window& w, const void* q, const 
     using A = acc_t<T>;
     const unsigned blocks = blocks_for(w.B * w.H * w.W);
     if (topk > 0)
-      attention_topk_fwd_kernel<T><<<blocks, kThreads, 0, (cudaStream_t)stream>>>(
+      DC_LAUNCH(attention_topk_fwd_kernel<T>, blocks, kThreads, (cudaStream_t)stream)(
           w, (const T*)q, (const T*)k, (const T*)v, (A)scale, topk, (A*)out_acc, (A*)lse_acc, idx, (A*)topv_acc);
     else
-      attention_fwd_kernel<T><<<blocks, kThreads, 0, (cudaStream_t)stream>>>(
+      DC_LAUNCH(attention_fwd_kernel<T>, blocks, kThreads, (cudaStream_t)stream)(
           w, (const T*)q, (const T*)k, (const T*)v, (A)scale, (A*)out_acc, (A*)lse_acc);
     return last_error();
   });
@@ -241,11 +239,11 @@ const char* local_attention_bwd(DType dt, const Window& w, const void* grad, con
     using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
     using A = acc_t<T>;
     auto s = (cudaStream_t)stream;
-    attention_bwd_dq_kernel<T><<<blocks_for(w.B * w.H * w.W), kThreads, 0, s>>>(
+    DC_LAUNCH(attention_bwd_dq_kernel<T>, blocks_for(w.B * w.H * w.W), kThreads, s)(
         w, (const T*)grad, (const T*)q, (const T*)k, (const T*)v, (const T*)out, (const A*)lse_acc, idx, topk,
         (A)scale, (A*)dq_acc, (A*)dk_acc, (A*)dv_acc, (A*)delta_acc);
     if (topk == 0)
-      attention_bwd_dkdv_kernel<T><<<blocks_for(w.B * w.T * w.H * w.W), kThreads, 0, s>>>(
+      DC_LAUNCH(attention_bwd_dkdv_kernel<T>, blocks_for(w.B * w.T * w.H * w.W), kThreads, s)(
           w, (const T*)grad, (const T*)q, (const T*)k, (const T*)v, (const A*)lse_acc, (const A*)delta_acc,
           (A)scale, (A*)dk_acc, (A*)dv_acc);
     return last_error();

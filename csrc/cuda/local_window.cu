@@ -8,8 +8,6 @@
 namespace densecorr_cuda {
 namespace {
 
-constexpr int kChunk = 8;  // value channels per register pass
-
 // Grid: B*H*W threads, one per query pixel. Writes its T*P logits (then softmax) column.
 template <typename T>
 __global__ void affinity_fwd_kernel(Window w, const T* __restrict__ q, const T* __restrict__ k, acc_t<T> scale,
@@ -209,7 +207,7 @@ const char* local_affinity_fwd(DType dt, const Window& w, const void* q, const v
                                bool normalize, void* attn_acc, void* stream) {
   return dispatch(dt, [&](auto tag) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
-    affinity_fwd_kernel<T><<<blocks_for(w.B * w.H * w.W), kThreads, 0, (cudaStream_t)stream>>>(
+    DC_LAUNCH(affinity_fwd_kernel<T>, blocks_for(w.B * w.H * w.W), kThreads, (cudaStream_t)stream)(
         w, (const T*)q, (const T*)k, (acc_t<T>)scale, normalize, (acc_t<T>*)attn_acc);
     return last_error();
   });
@@ -222,9 +220,9 @@ const char* local_affinity_bwd(DType dt, const Window& w, const void* grad, cons
     using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
     using A = acc_t<T>;
     auto s = (cudaStream_t)stream;
-    affinity_bwd_dq_kernel<T><<<blocks_for(w.B * w.H * w.W), kThreads, 0, s>>>(
+    DC_LAUNCH(affinity_bwd_dq_kernel<T>, blocks_for(w.B * w.H * w.W), kThreads, s)(
         w, (const T*)grad, (const T*)k, (const T*)attn, (A)scale, normalize, (A*)dq_acc, (A*)delta_acc);
-    affinity_bwd_dk_kernel<T><<<blocks_for(w.B * w.T * w.H * w.W), kThreads, 0, s>>>(
+    DC_LAUNCH(affinity_bwd_dk_kernel<T>, blocks_for(w.B * w.T * w.H * w.W), kThreads, s)(
         w, (const T*)grad, (const T*)q, (const T*)attn, (const A*)delta_acc, (A)scale, normalize, (A*)dk_acc);
     return last_error();
   });
@@ -234,7 +232,7 @@ const char* local_copy_fwd(DType dt, const Window& w, const void* attn, const vo
                            void* stream) {
   return dispatch(dt, [&](auto tag) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
-    copy_fwd_kernel<T><<<blocks_for(w.B * w.H * w.W), kThreads, 0, (cudaStream_t)stream>>>(
+    DC_LAUNCH(copy_fwd_kernel<T>, blocks_for(w.B * w.H * w.W), kThreads, (cudaStream_t)stream)(
         w, (const T*)attn, (const T*)v, (acc_t<T>*)out_acc);
     return last_error();
   });
@@ -245,9 +243,9 @@ const char* local_copy_bwd(DType dt, const Window& w, const void* grad, const vo
   return dispatch(dt, [&](auto tag) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
     auto s = (cudaStream_t)stream;
-    copy_bwd_dattn_kernel<T><<<blocks_for(w.B * w.H * w.W), kThreads, 0, s>>>(
+    DC_LAUNCH(copy_bwd_dattn_kernel<T>, blocks_for(w.B * w.H * w.W), kThreads, s)(
         w, (const T*)grad, (const T*)v, (acc_t<T>*)dattn_acc);
-    copy_bwd_dv_kernel<T><<<blocks_for(w.B * w.T * w.H * w.W), kThreads, 0, s>>>(
+    DC_LAUNCH(copy_bwd_dv_kernel<T>, blocks_for(w.B * w.T * w.H * w.W), kThreads, s)(
         w, (const T*)grad, (const T*)attn, (acc_t<T>*)dv_acc);
     return last_error();
   });

@@ -183,7 +183,7 @@ const char* project_coords_fwd(DType dt, int64_t B, int64_t N, int64_t H, int64_
     using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
     using A = acc_t<T>;
     const dim3 grid(blocks_for(N, kRows), (unsigned)B);
-    project_fwd_kernel<T><<<grid, kRows, 0, (cudaStream_t)stream>>>(
+    DC_LAUNCH(project_fwd_kernel<T>, grid, kRows, (cudaStream_t)stream)(
         (const T*)q, (const T*)k, N, H, W, D, (A)scale, (A*)coords_acc, (A*)lse_acc);
     return last_error();
   });
@@ -196,10 +196,10 @@ const char* project_coords_bwd(DType dt, int64_t B, int64_t N, int64_t H, int64_
     using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
     using A = acc_t<T>;
     auto s = (cudaStream_t)stream;
-    project_bwd_dq_kernel<T><<<dim3(blocks_for(N, kRows), (unsigned)B), kRows, 0, s>>>(
+    DC_LAUNCH(project_bwd_dq_kernel<T>, dim3(blocks_for(N, kRows), (unsigned)B), kRows, s)(
         (const T*)grad, (const T*)q, (const T*)k, (const T*)coords, (const A*)lse_acc, N, H, W, D, (A)scale,
         (A*)dq_acc);
-    project_bwd_dk_kernel<T><<<dim3(blocks_for(H * W, kRows), (unsigned)B), kRows, 0, s>>>(
+    DC_LAUNCH(project_bwd_dk_kernel<T>, dim3(blocks_for(H * W, kRows), (unsigned)B), kRows, s)(
         (const T*)grad, (const T*)q, (const T*)k, (const T*)coords, (const A*)lse_acc, N, H, W, D, (A)scale,
         (A*)dk_acc);
     return last_error();
