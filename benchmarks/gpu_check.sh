@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# One-shot GPU check, for a session that has a GPU (written for one H200, about 8 minutes):
+# build the CUDA extension, run the test suite on CUDA, run the benchmark harness, and keep
+# every log and result under one folder:
+#   $OUT/gpu-<UTC date-time>               when $OUT is set (the device tool's output folder),
+#   benchmarks/results/gpu-<UTC date-time> otherwise.
+#
+#   bash benchmarks/gpu_check.sh              # everything
+#   STEPS="build gpu" bash benchmarks/gpu_check.sh   # a subset of: env build gpu tests bench
+#   BENCH_ARGS="--suite local" bash benchmarks/gpu_check.sh  # (default: --suite all --quick)
+#
+# Time limits (seconds, overridable): LIMIT_BUILD=180 LIMIT_GPU=120 LIMIT_TESTS=150
+# LIMIT_BENCH=150: about 10 minutes at worst, 6-8 typically.
+#
+# The machine needs a CUDA build of torch, triton and nvcc already installed (nothing is
+# downloaded: GPU machines here have no network); the script says so and stops otherwise.
+# Every step runs under its own time limit and the script goes on after a failure; the
+# summary at the end (and summary.txt) lists each step's status and time.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+STAMP="$(date -u +%Y-%m-%dT%H%M%SZ)"
+DEST="${OUT:-$ROOT/benchmarks/results}/gpu-$STAMP"
+mkdir -p "$DEST"
+PYTHON="${PYTHON:-python}"
+STEPS="${STEPS:-env build gpu tests bench}"
+export DENSECORR_FORCE_CUDA=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" PYTHONUNBUFFERED=1
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"  # H200; one arch keeps the build short
+BENCH_ARGS="${BENCH_ARGS:---suite all --quick}"
+SUMMARY="$DEST/summary.txt"
+: >"$SUMMARY"
+
+# step NAME LIMIT_SECONDS COMMAND...: runs COMMAND with a time limit, log in $DEST/NAME.log.
+step() {
+  local name="$1" limit="$2"
+  shift 2
+  case " $STEPS " in *" $name "*) ;; *) echo "skip  $name" | tee -a "$SUMMARY"; return 0 ;; esac
+  echo "== $name (limit ${limit}s)"
+  local t0=$SECONDS rc
+  timeout --kill-after=10 "$limit" "$@" >"$DEST/$name.log" 2>&1
+  rc=$?
+  tail -n 25 "$DEST/$name.log"
+  local verdict="ok"
+  [ $rc -ne 0 ] && verdict="FAIL(rc=$rc)"
+  [ $rc -eq 124 ] && verdict="TIMEOUT"
+  printf '%-12s %-6s %4ss\n' "$verdict" "$name" "$((SECONDS - t0))" | tee -a "$SUMMARY"
+  return $rc
+}
+
+cat >"$DEST/env_check.py" <<'PY'
+import subprocess, sys
+import torch
+print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)
+try:
+    import triton
+    print("triton", triton.__version__)
+except ImportError as exc:
+    print("triton missing:", exc)
+print(subprocess.run(["git", "log", "-1", "--format=commit %H %s"], capture_output=True, text=True).stdout.strip())
+assert torch.cuda.is_available(), "torch sees no GPU (a CPU build of torch, or no driver)"
+print(torch.cuda.get_device_name(0))
+PY
+step env 60 bash -c "set -e; nvidia-smi || true; command -v nvcc && nvcc --version | tail -1; $PYTHON '$DEST/env_check.py'" || {
+  echo "this machine cannot run the GPU check (see $DEST/env.log)"
+  exit 1
+}
+
+# Build in place with the CUDA sources (setup.py adds csrc/cuda when nvcc and a CUDA torch
+# exist); --no-deps/--no-build-isolation: nothing to download.
+step build "${LIMIT_BUILD:-180}" bash -c "$PYTHON -m pip install --no-build-isolation --no-deps -e . \
+  || $PYTHON setup.py build_ext --inplace; \
+  $PYTHON -c 'import densecorr; info = densecorr.build_info(); print(info); assert info.get(\"cuda\"), \"built without CUDA\"'"
+
+# The GPU comparisons first (cuda and triton backends against the reference), then the rest.
+step gpu "${LIMIT_GPU:-120}" "$PYTHON" -m pytest -q -x -p no:cacheprovider tests/test_cuda.py \
+  -k "not test_cuda_sources_compile and not emulated" --junitxml="$DEST/gpu-tests.xml" -ra
+# The rest of the suite (tests/test_cuda.py ran above; test_triton.py skips on a GPU machine).
+step tests "${LIMIT_TESTS:-150}" "$PYTHON" -m pytest -q -p no:cacheprovider tests --ignore=tests/test_cuda.py \
+  --junitxml="$DEST/all-tests.xml" -ra
+
+# shellcheck disable=SC2086  # BENCH_ARGS is a list of words
+step bench "${LIMIT_BENCH:-150}" "$PYTHON" -m benchmarks $BENCH_ARGS --device cuda --out "$DEST" --tag "gpu-$STAMP"
+
+echo "== summary ($DEST)"
+cat "$SUMMARY"
+! grep -qv '^\(ok\|skip\) ' "$SUMMARY"
