@@ -211,3 +211,27 @@ def test_local_attention_clamp_too_small_is_an_error():
     x = torch.randn(1, 2, 4, 4)
     with pytest.raises((RuntimeError, ValueError), match="clamp"):
         densecorr.local_attention(x, x, x, radius=2, boundary="clamp", backend="triton")
+
+
+WINDOW_CASES = [  # B, D, H, W, T, C, radius, dilation, boundary, window
+    (1, 3, 5, 6, 1, 2, 1, 1, "mask", "square"),
+    (2, 2, 6, 5, 2, 3, 1, 2, "zero", "square"),
+    (1, 4, 10, 11, 2, 3, 2, 2, "clamp", "square"),
+    (1, 2, 7, 6, 2, 1, 2, 1, "mask", "circle"),
+    (1, 3, 7, 8, 1, 2, 2, 1, "clamp", "circle"),
+]
+
+
+@interpreted
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("B,D,H,W,T,C,radius,dilation,boundary,window", WINDOW_CASES)
+def test_local_affinity_and_copy(normalize, B, D, H, W, T, C, radius, dilation, boundary, window):
+    g = torch.Generator().manual_seed(H + W + T)
+    q = torch.randn(B, D, H, W, generator=g)
+    k = torch.randn(B, T, D, H, W, generator=g)
+    v = torch.randn(B, T, C, H, W, generator=g)
+    geo = dict(radius=radius, dilation=dilation, boundary=boundary, window=window)
+    _compare(densecorr.local_affinity, (q, k), torch.float32, scale=0.7, normalize=normalize, **geo)
+    if normalize:  # local_copy takes any weights; the softmax is the usual one
+        attn = densecorr.local_affinity(q, k, scale=0.7, **geo, backend="reference")
+        _compare(densecorr.local_copy, (attn, v), torch.float32, **geo)

@@ -6,3 +6,4 @@ with the signatures of the kernel op schemas in csrc/densecorr.cpp.
 from densecorr.triton import global_attention  # noqa: F401
 from densecorr.triton import project_coords  # noqa: F401
 from densecorr.triton import local_attention  # noqa: F401
+from densecorr.triton import local_window  # noqa: F401

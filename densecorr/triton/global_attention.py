@@ -224,12 +224,18 @@ def _topk_bwd_kernel(Q, K, V, DO, LSE, DELTA, IDX, DQ, DK32, DV32, N, M, D, C, s
 
 
 def _blocks(D: int, C: int):
-    """Fixed tile sizes: BLOCK_D, BLOCK_C padded to >= 16; smaller row blocks for wide D."""
+    """Fixed tile sizes (held rows, streamed rows, BLOCK_D, BLOCK_C): widths padded to >= 16
+    (tl.dot's minimum K and N); the streamed tiles (two per loop step: k and v, or q and dO)
+    kept to <= 32 KiB per pipeline stage in float32, with num_stages=2."""
     bd, bc = pow2(D, 16), pow2(C, 16)
     width = max(bd, bc)
-    block_n = 64 if width <= 128 else 32
-    block_m = 64 if width <= 64 else (32 if width <= 256 else 16)
-    return block_n, block_m, bd, bc
+    if width <= 64:
+        return 64, 64, bd, bc
+    if width <= 128:
+        return 64, 32, bd, bc
+    if width <= 256:
+        return 32, 16, bd, bc
+    return 16, 16, bd, bc
 
 
 def _topk_rows(kp: int, width: int, budget: int = 8192) -> int:
@@ -250,14 +256,15 @@ def global_attention_fwd(q, k, v, scale: float, topk: int):
     out = torch.empty((B, N, C), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, N), device=q.device, dtype=torch.float32)
     idx = torch.empty((B, N, topk), device=q.device, dtype=torch.int64)
-    block_n, block_m, bd, bc = _blocks(D, C)
+    held, streamed, bd, bc = _blocks(D, C)
+    block_n, block_m = held, streamed
     prec = dot_precision(q.dtype)
     with device_context(q):
         if topk == 0:
             grid = (triton.cdiv(N, block_n), B)
             _fwd_kernel[grid](q, k, v, out, lse, N, M, D, C, float(scale),
                               BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=bd, BLOCK_C=bc,
-                              PRECISION=prec, num_warps=4)
+                              PRECISION=prec, num_warps=4, num_stages=2)
         else:
             kp = pow2(topk)
             # The key tile must hold >= KP candidates; the final gather is (BLOCK_N, KP, C).
@@ -267,7 +274,8 @@ def global_attention_fwd(q, k, v, scale: float, topk: int):
             grid = (triton.cdiv(N, block_n), B)
             _topk_fwd_kernel[grid](q, k, v, out, lse, idx, N, M, D, C, float(scale),
                                    TOPK=topk, KP=kp, BLOCK_N=block_n, BLOCK_M=block_m,
-                                   BLOCK_D=bd, BLOCK_C=bc, PRECISION=prec, num_warps=4)
+                                   BLOCK_D=bd, BLOCK_C=bc, PRECISION=prec, num_warps=4,
+                                   num_stages=2)
     return out, lse, idx
 
 
@@ -282,20 +290,21 @@ def global_attention_bwd(grad_out, q, k, v, out, lse, idx, scale: float):
     M, C = k.shape[1], v.shape[2]
     topk = idx.shape[-1]
     delta = (grad_out.float() * out.float()).sum(-1).contiguous()
-    block_n, block_m, bd, bc = _blocks(D, C)
+    held, streamed, bd, bc = _blocks(D, C)
     prec = dot_precision(q.dtype)
     dq = torch.empty_like(q)
     with device_context(q):
         if topk == 0:
             dk, dv = torch.empty_like(k), torch.empty_like(v)
-            _bwd_dkdv_kernel[(triton.cdiv(M, block_m), B)](
+            # dk, dv: keys held, queries streamed; dq: queries held, keys streamed.
+            _bwd_dkdv_kernel[(triton.cdiv(M, held), B)](
                 q, k, v, grad_out, lse, delta, dk, dv, N, M, D, C, float(scale),
-                BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=bd, BLOCK_C=bc, PRECISION=prec,
-                num_warps=4)
-            _bwd_dq_kernel[(triton.cdiv(N, block_n), B)](
+                BLOCK_N=streamed, BLOCK_M=held, BLOCK_D=bd, BLOCK_C=bc, PRECISION=prec,
+                num_warps=4, num_stages=2)
+            _bwd_dq_kernel[(triton.cdiv(N, held), B)](
                 q, k, v, grad_out, lse, delta, dq, N, M, D, C, float(scale),
-                BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=bd, BLOCK_C=bc, PRECISION=prec,
-                num_warps=4)
+                BLOCK_N=held, BLOCK_M=streamed, BLOCK_D=bd, BLOCK_C=bc, PRECISION=prec,
+                num_warps=4, num_stages=2)
             return dq, dk, dv
         kp = pow2(topk)
         rows = _topk_rows(kp, max(bd, bc))

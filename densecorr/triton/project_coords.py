@@ -125,8 +125,13 @@ def _bwd_dk_kernel(Q, K, G, COORDS, LSE, DK, N, M, W, D, scale,
 
 
 def _blocks(D: int):
+    """(held rows, streamed rows, BLOCK_D), as global_attention._blocks (num_stages=2)."""
     bd = pow2(D, 16)
-    return (64 if bd <= 128 else 32), (64 if bd <= 64 else (32 if bd <= 256 else 16)), bd
+    if bd <= 64:
+        return 64, 64, bd
+    if bd <= 128:
+        return 64, 32, bd
+    return (32, 16, bd) if bd <= 256 else (16, 16, bd)
 
 
 @register_kernel("project_coords_fwd", "triton")
@@ -138,11 +143,11 @@ def project_coords_fwd(q, k, scale: float):
     H, W = k.shape[2], k.shape[3]
     coords = torch.empty((B, N, 2), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, N), device=q.device, dtype=torch.float32)
-    block_n, block_m, bd = _blocks(D)
+    held, streamed, bd = _blocks(D)
     with device_context(q):
-        _fwd_kernel[(triton.cdiv(N, block_n), B)](
-            q, k, coords, lse, N, H * W, W, D, float(scale), BLOCK_N=block_n, BLOCK_M=block_m,
-            BLOCK_D=bd, PRECISION=dot_precision(q.dtype), num_warps=4)
+        _fwd_kernel[(triton.cdiv(N, held), B)](
+            q, k, coords, lse, N, H * W, W, D, float(scale), BLOCK_N=held, BLOCK_M=streamed,
+            BLOCK_D=bd, PRECISION=dot_precision(q.dtype), num_warps=4, num_stages=2)
     return coords, lse
 
 
@@ -156,13 +161,15 @@ def project_coords_bwd(grad_coords, q, k, coords, lse, scale: float):
     B, N, D = q.shape
     H, W = k.shape[2], k.shape[3]
     dq, dk = torch.empty_like(q), torch.empty_like(k)
-    block_n, block_m, bd = _blocks(D)
+    held, streamed, bd = _blocks(D)
     prec = dot_precision(q.dtype)
     with device_context(q):
-        _bwd_dq_kernel[(triton.cdiv(N, block_n), B)](
+        _bwd_dq_kernel[(triton.cdiv(N, held), B)](
             q, k, grad_coords, coords, lse, dq, N, H * W, W, D, float(scale),
-            BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=bd, PRECISION=prec, num_warps=4)
-        _bwd_dk_kernel[(triton.cdiv(H * W, block_m), B)](
+            BLOCK_N=held, BLOCK_M=streamed, BLOCK_D=bd, PRECISION=prec, num_warps=4,
+            num_stages=2)
+        _bwd_dk_kernel[(triton.cdiv(H * W, held), B)](
             q, k, grad_coords, coords, lse, dk, N, H * W, W, D, float(scale),
-            BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=bd, PRECISION=prec, num_warps=4)
+            BLOCK_N=streamed, BLOCK_M=held, BLOCK_D=bd, PRECISION=prec, num_warps=4,
+            num_stages=2)
     return dq, dk
