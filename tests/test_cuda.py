@@ -306,7 +306,15 @@ def _gpu_compare(op, inputs, dtype, backend, **kwargs):
         _close(f"grad of input {i}", a, b, dtype)
 
 
-GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+def _dtype_matrix(cases, low_precision):
+    """(dtype, *case): every case in float32, the cases at indices `low_precision` also in
+    float16 and bfloat16 (each dtype and shape compiles its own Triton kernels: minutes)."""
+    out = [(torch.float32, *c) for c in cases]
+    for i in low_precision:
+        out += [(torch.float16, *cases[i]), (torch.bfloat16, *cases[i])]
+    return out
+
+
 GPU_GLOBAL = [  # B, N, M, D, C, topk: odd sizes, tl.dot padding, wide D, top-k
     (1, 1, 1, 1, 1, None), (2, 70, 33, 20, 3, None), (1, 300, 517, 64, 2, None), (1, 129, 200, 128, 7, None),
     (1, 64, 90, 256, 3, None), (2, 37, 100, 17, 2, 10), (1, 200, 700, 64, 3, 5), (1, 50, 64, 32, 16, 64),
@@ -314,8 +322,7 @@ GPU_GLOBAL = [  # B, N, M, D, C, topk: odd sizes, tl.dot padding, wide D, top-k
 
 
 @needs_gpu
-@pytest.mark.parametrize("dtype", GPU_DTYPES)
-@pytest.mark.parametrize("B,N,M,D,C,topk", GPU_GLOBAL)
+@pytest.mark.parametrize("dtype,B,N,M,D,C,topk", _dtype_matrix(GPU_GLOBAL, (2, 3, 6)))
 def test_gpu_global_attention_triton(dtype, B, N, M, D, C, topk):
     _backend_or_skip("triton", "global_attention_fwd", dtype)
     q, k, v = torch.randn(B, N, D), torch.randn(B, M, D), torch.randn(B, M, C)
@@ -324,8 +331,8 @@ def test_gpu_global_attention_triton(dtype, B, N, M, D, C, topk):
 
 @needs_gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
-@pytest.mark.parametrize("dtype", GPU_DTYPES)
-@pytest.mark.parametrize("B,N,D,H,W", [(1, 1, 1, 1, 1), (2, 70, 20, 5, 17), (1, 300, 64, 24, 31), (1, 40, 256, 8, 8)])
+@pytest.mark.parametrize("dtype,B,N,D,H,W", _dtype_matrix(
+    [(1, 1, 1, 1, 1), (2, 70, 20, 5, 17), (1, 300, 64, 24, 31), (1, 40, 256, 8, 8)], (2,)))
 def test_gpu_project_coords(backend, dtype, B, N, D, H, W):
     _backend_or_skip(backend, "project_coords_fwd", dtype)
     q, k = torch.randn(B, N, D), torch.randn(B, D, H, W)
@@ -346,8 +353,7 @@ GPU_LOCAL = [  # B, D, H, W, T, C, radius, dilation, boundary, window, topk
 
 @needs_gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
-@pytest.mark.parametrize("dtype", GPU_DTYPES)
-@pytest.mark.parametrize("B,D,H,W,T,C,radius,dilation,boundary,window,topk", GPU_LOCAL)
+@pytest.mark.parametrize("dtype,B,D,H,W,T,C,radius,dilation,boundary,window,topk", _dtype_matrix(GPU_LOCAL, (2, 5)))
 def test_gpu_local_attention(backend, dtype, B, D, H, W, T, C, radius, dilation, boundary, window, topk):
     _backend_or_skip(backend, "local_attention_fwd", dtype)
     q, k, v = _local_inputs(B, D, H, W, T, C, H * W, torch.float32)
@@ -357,10 +363,9 @@ def test_gpu_local_attention(backend, dtype, B, D, H, W, T, C, radius, dilation,
 
 @needs_gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("normalize", [True, False])
-@pytest.mark.parametrize("B,D,H,W,T,C,radius,dilation,boundary,window,topk", GPU_LOCAL[:5])
-def test_gpu_local_affinity_and_copy(backend, dtype, normalize, B, D, H, W, T, C, radius, dilation, boundary, window,
+@pytest.mark.parametrize("dtype,B,D,H,W,T,C,radius,dilation,boundary,window,topk", _dtype_matrix(GPU_LOCAL[:5], (2,)))
+def test_gpu_local_affinity_and_copy(backend, normalize, dtype, B, D, H, W, T, C, radius, dilation, boundary, window,
                                      topk):
     _backend_or_skip(backend, "local_affinity_fwd", dtype)
     q, k, v = _local_inputs(B, D, H, W, T, C, H + W, torch.float32)

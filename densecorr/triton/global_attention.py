@@ -58,7 +58,7 @@ def _fwd_kernel(Q, K, V, O, LSE, N, M, D, C, scale,
 
 @triton.jit
 def _topk_fwd_kernel(Q, K, V, O, LSE, IDX, N, M, D, C, scale,
-                     TOPK: tl.constexpr, KP: tl.constexpr, BLOCK_N: tl.constexpr,
+                     TOPK, KP: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
                      PRECISION: tl.constexpr):
     """Grid (cdiv(N, BLOCK_N), B): one program streams the keys for BLOCK_N queries keeping
@@ -184,7 +184,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, N, M, D, C, scale,
 
 @triton.jit
 def _topk_bwd_kernel(Q, K, V, DO, LSE, DELTA, IDX, DQ, DK32, DV32, N, M, D, C, scale,
-                     TOPK: tl.constexpr, KP: tl.constexpr, BLOCK_N: tl.constexpr,
+                     TOPK, KP: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
     """Grid (cdiv(N, BLOCK_N), B): one program takes BLOCK_N queries and their TOPK selected
     keys (gathered through idx), writes dq and atomically adds into float32 dk, dv buffers

@@ -144,7 +144,7 @@ def _fwd_kernel(Q, K, V, O, LSE, WY, WX, T, P, H, W, D, C, r, dil, scale,
 
 @triton.jit
 def _topk_fwd_kernel(Q, K, V, O, LSE, IDX, WY, WX, T, P, H, W, D, C, r, dil, scale,
-                     BOUNDARY: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
+                     BOUNDARY: tl.constexpr, TOPK, KP: tl.constexpr,
                      BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
                      BLOCK_C: tl.constexpr):
     """Grid (cdiv(H*W, BLOCK_Q), B): one program streams the T*P window logits of BLOCK_Q
@@ -326,7 +326,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, G2P, T, H, W, D, C, r, dil
 
 @triton.jit
 def _topk_bwd_kernel(Q, K, V, DO, LSE, DELTA, IDX, DQ, DK32, DV32, WY, WX, T, P, H, W, D, C,
-                     r, dil, scale, BOUNDARY: tl.constexpr, TOPK: tl.constexpr,
+                     r, dil, scale, BOUNDARY: tl.constexpr, TOPK,
                      KP: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
                      BLOCK_C: tl.constexpr):
     """Grid (cdiv(H*W, BLOCK_Q), B): BLOCK_Q pixels and their TOPK selected window positions
