@@ -44,25 +44,14 @@ inline Boundary parse_boundary(const std::string& b) {
   TORCH_CHECK(false, "densecorr cpu: boundary must be \"mask\", \"zero\" or \"clamp\", got \"", b, "\"");
 }
 
-// NATTEN's window start along one axis for boundary="clamp": the window of `size` positions
-// (size = 2r+1, spacing `dil`) shifted to lie inside [0, length), on the index's dilation
-// sub-grid (start = index mod dil).
+// Window start along one axis for boundary="clamp" (NATTEN's rule, as the reference): the
+// 2r+1 cells, spaced `dil`, stay on the index's dilation sub-grid (same residue mod dil) and
+// are shifted to lie inside that sub-grid. Needs length >= (2r+1)*dil.
 inline int64_t clamp_window_start(int64_t index, int64_t length, int64_t r, int64_t dil) {
-  const int64_t size = 2 * r + 1;
-  if (dil <= 1) {
-    int64_t s = std::max<int64_t>(index - r, 0);
-    if (index + r >= length) s += length - index - r - 1;
-    return s;
-  }
-  if (index - r * dil < 0) return index % dil;
-  if (index + r * dil >= length) {
-    const int64_t imodd = index % dil;
-    const int64_t a = (length / dil) * dil;
-    const int64_t b = length - a;
-    if (imodd < b) return length - b + imodd - 2 * r * dil;
-    return a + imodd - size * dil;
-  }
-  return index - r * dil;
+  const int64_t residue = index % dil, pos = index / dil;
+  const int64_t sub = (length - residue + dil - 1) / dil;  // length of the sub-grid
+  const int64_t start = std::min(std::max<int64_t>(pos - r, 0), sub - (2 * r + 1));
+  return residue + start * dil;
 }
 
 // The geometry of a local window over a (T, H, W) stack of references.
