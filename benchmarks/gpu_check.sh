@@ -74,7 +74,7 @@ step build "${LIMIT_BUILD:-180}" bash -c "$PYTHON -m pip install --no-build-isol
   $PYTHON -c 'import densecorr; info = densecorr.build_info(); print(info); assert info.get(\"cuda\"), \"built without CUDA\"'"
 
 # The GPU comparisons first (cuda and triton backends against the reference), then the rest.
-step gpu "${LIMIT_GPU:-240}" "$PYTHON" -m pytest -q -x -p no:cacheprovider tests/test_cuda.py \
+step gpu "${LIMIT_GPU:-240}" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
   -k "not test_cuda_sources_compile and not emulated" --junitxml="$DEST/gpu-tests.xml" -ra
 # The rest of the suite (tests/test_cuda.py ran above; test_triton.py skips on a GPU machine).
 step tests "${LIMIT_TESTS:-150}" "$PYTHON" -m pytest -q -p no:cacheprovider tests --ignore=tests/test_cuda.py \

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import densecorr
 from densecorr import backends
@@ -234,6 +236,36 @@ def test_emulated_local_attention(emulated, dtype, B, D, H, W, T, C, radius, dil
     want = _ref("local_attention_bwd")(grad, q.double(), k.double(), v.double(), r_out, r_lse, idx, *args)
     for name, a, b in zip(("dq", "dk", "dv"), got, want):
         _close(name, a, b, dtype)
+
+
+@st.composite
+def local_geometry(draw):
+    """A random local-attention call: shapes, radius, dilation, boundary, window, topk."""
+    radius, dilation = draw(st.integers(0, 3)), draw(st.integers(1, 3))
+    boundary, window = draw(st.sampled_from(["mask", "zero", "clamp"])), draw(st.sampled_from(["square", "circle"]))
+    low = (2 * radius + 1) * dilation if boundary == "clamp" else 1
+    H, W = draw(st.integers(low, low + 6)), draw(st.integers(low, low + 6))
+    T, D, C = draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(1, 10))
+    P = len(window_offsets(radius, window))
+    topk = draw(st.sampled_from([0, 0, 1, min(3, T * P), T * P]))
+    return 1, D, H, W, T, C, radius, dilation, boundary, window, topk
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=local_geometry())
+def test_emulated_local_attention_fuzz(emulated, case):
+    B, D, H, W, T, C, radius, dilation, boundary, window, topk = case
+    q, k, v = _local_inputs(B, D, H, W, T, C, 7, torch.float64)
+    args = (radius, dilation, 1.3, boundary, window)
+    out, lse, idx = emulated.local_attention_fwd(q, k, v, *args, topk)
+    r_out, r_lse, r_idx = _ref("local_attention_fwd")(q, k, v, *args, topk)
+    _close("out", out, r_out, torch.float64)
+    _close("lse", lse, r_lse, torch.float64)
+    grad = torch.randn(r_out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    got = emulated.local_attention_bwd(grad, q, k, v, out, lse, idx, *args)
+    want = _ref("local_attention_bwd")(grad, q, k, v, r_out, r_lse, idx, *args)
+    for name, a, b in zip(("dq", "dk", "dv"), got, want):
+        _close(name, a, b, torch.float64)
 
 
 @pytest.mark.parametrize("normalize", [True, False])

@@ -16,6 +16,8 @@ import sys
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 if torch.cuda.is_available():
     pytest.skip("GPU present: the Triton kernels are tested on CUDA in tests/test_cuda.py",
@@ -235,3 +237,27 @@ def test_local_affinity_and_copy(normalize, B, D, H, W, T, C, radius, dilation, 
     if normalize:  # local_copy takes any weights; the softmax is the usual one
         attn = densecorr.local_affinity(q, k, scale=0.7, **geo, backend="reference")
         _compare(densecorr.local_copy, (attn, v), torch.float32, **geo)
+
+
+@st.composite
+def local_geometry(draw):
+    """A random local-attention call: shapes, radius, dilation, boundary, window, topk."""
+    radius, dilation = draw(st.integers(0, 2)), draw(st.integers(1, 2))
+    boundary, window = draw(st.sampled_from(["mask", "zero", "clamp"])), draw(st.sampled_from(["square", "circle"]))
+    low = (2 * radius + 1) * dilation if boundary == "clamp" else 1
+    H, W = draw(st.integers(low, low + 4)), draw(st.integers(low, low + 4))
+    T, D, C = draw(st.integers(1, 2)), draw(st.integers(1, 5)), draw(st.integers(1, 4))
+    P = len(densecorr.reference.window_offsets(radius, window))
+    topk = draw(st.sampled_from([None, None, 1, min(3, T * P), T * P]))
+    return D, H, W, T, C, radius, dilation, boundary, window, topk
+
+
+@interpreted
+@settings(max_examples=6, deadline=None)
+@given(case=local_geometry())
+def test_local_attention_fuzz(case):
+    D, H, W, T, C, radius, dilation, boundary, window, topk = case
+    g = torch.Generator().manual_seed(11)
+    q, k, v = torch.randn(1, D, H, W, generator=g), torch.randn(1, T, D, H, W, generator=g), torch.randn(1, T, C, H, W, generator=g)
+    _compare(densecorr.local_attention, (q, k, v), torch.float32, radius=radius, dilation=dilation, scale=1.2,
+             boundary=boundary, window=window, topk=topk)
