@@ -47,8 +47,11 @@ names=()
 for src in "$ROOT"/csrc/cuda/*.cu; do
   [ "${SKIP_KERNELS:-0}" = "1" ] && break
   name="$(basename "$src")"
-  # Same flags as setup.py's CUDAExtension (-O3 -std=c++20 --use_fast_math).
-  "$NVCC" -O3 -std=c++20 --use_fast_math -Werror all-warnings "${gencode[@]}" -I"$ROOT/csrc" \
+  # setup.py's nvcc flags plus those torch.utils.cpp_extension always adds (no implicit
+  # half/bfloat16 conversions, relaxed constexpr), warnings as errors.
+  "$NVCC" -O3 -std=c++20 --use_fast_math -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ \
+    -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ --expt-relaxed-constexpr \
+    -Xcompiler -fPIC -Werror all-warnings "${gencode[@]}" -I"$ROOT/csrc" \
     -c "$src" -o "$TMP/${name}.o" >"$TMP/${name}.log" 2>&1 &
   pids+=("$!")
   names+=("$name")

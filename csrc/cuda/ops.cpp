@@ -55,12 +55,14 @@ void* stream_of(const Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.devi
 // Window cell tables (wy, wx, g2p), int32 on the device, cached per (device, radius, window).
 std::tuple<Tensor, Tensor, Tensor> window_tables(int64_t radius, const std::string& window, const at::Device& dev) {
   static std::mutex mu;
-  static std::map<std::tuple<int, int64_t, std::string>, std::tuple<Tensor, Tensor, Tensor>> cache;
+  // Never destroyed: freeing device memory from static destructors can outlive the CUDA
+  // context at exit. A few bytes per (device, radius, window).
+  static auto& cache = *new std::map<std::tuple<int, int64_t, std::string>, std::tuple<Tensor, Tensor, Tensor>>();
   TORCH_CHECK(window == "square" || window == "circle", "densecorr cuda: window must be 'square' or 'circle', not '",
               window, "'");
   std::lock_guard<std::mutex> lock(mu);
   auto key = std::make_tuple((int)dev.index(), radius, window);
-  auto it = cache.find(key);
+  const auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   const int64_t side = 2 * radius + 1;
   std::vector<int> wy, wx, g2p(side * side, -1);
