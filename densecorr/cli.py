@@ -281,8 +281,8 @@ def cmd_eval_davis(args) -> int:
             row["peak_mib"] = peak_rss_mb()
             rows.append(row)
             scores.append(score)
-            if not args.quiet:
-                print(f"{seq.name}: J&F {row['J&F']:.3f} (J {row['J_mean']:.3f}, F {row['F_mean']:.3f}), {row['s_per_frame']:.3f} s/frame", flush=True)
+            # one line per sequence, also with --quiet (which only hides the progress bars)
+            print(f"{seq.name}: J&F {row['J&F']:.3f} (J {row['J_mean']:.3f}, F {row['F_mean']:.3f}), {row['s_per_frame']:.3f} s/frame", flush=True)
         total = overall(scores)
         total["s_per_frame"] = float(np.mean([r["s_per_frame"] for r in rows]))
         total["peak_mib"] = float(max(r["peak_mib"] for r in rows))
