@@ -1,0 +1,263 @@
+"""Training loop: deterministic sampling, resume after a kill, DDP equivalence, bad data.
+
+Tiny models (width 4) on 32 x 32 crops of frames made from the DAVIS sample shipped in the
+package (densecorr.data.sample_root), so the suite needs nothing outside the repository.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from densecorr import training
+from densecorr.data import FrameSource, sample_root
+from densecorr.data.io import DataError
+from densecorr.training import (
+    CheckpointError,
+    SeededClips,
+    StreamBatches,
+    TrainConfig,
+    find_resume,
+    list_checkpoints,
+    load_checkpoint,
+    lr_factor,
+    preset,
+    readable_sequences,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {
+    "vidcolor": {"width": 4, "out_dim": 8},
+    "corrflow": {"width": 4, "out_dim": 8, "stride": 8, "radius": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def frames_root(tmp_path_factory):
+    """Two short frame folders (48 px high) cut from the shipped DAVIS sample."""
+    root = tmp_path_factory.mktemp("video")
+    src = FrameSource(os.path.join(sample_root(), "JPEGImages", "480p", "horsejump-high"))
+    for s, (a, b) in enumerate([(0, 10), (10, 20)]):
+        folder = root / f"seq{s}"
+        folder.mkdir()
+        for i in range(a, b):
+            im = Image.fromarray(src[i]).resize((85, 48), Image.BILINEAR)
+            im.save(folder / f"{i:05d}.png")
+    return str(root)
+
+
+def tiny_config(model: str, data: str, **changes) -> TrainConfig:
+    values = dict(model=model, model_config=dict(TINY[model]), data=data, resize=36, crop=(32, 32), gaps=(1, 2),
+                  batch_size=2, steps=6, lr=1e-3, log_every=1, ckpt_every=1, keep_last=2, threads=1, eval_every=0)
+    values.update(changes)
+    return TrainConfig.from_dict(values)
+
+
+def run_cli(args, env_extra=None, **popen):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    env.update(env_extra or {})
+    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def cli_args(cfg: TrainConfig, out: str) -> list[str]:
+    path = os.path.join(os.path.dirname(out), os.path.basename(out) + ".json")
+    with open(path, "w") as f:
+        json.dump(cfg.to_dict(), f)
+    return ["-m", "densecorr.training", "--config", path, "--out", out, "--quiet", "--preset", "cpu"]
+
+
+def final_state(out: str) -> dict:
+    return torch.load(os.path.join(out, "model.pt"), weights_only=True)["state_dict"]
+
+
+# --------------------------------------------------------------------------- sampling and schedule
+
+
+def test_stream_batches_split_global_batches_and_resume():
+    n, b, steps = 7, 2, 5
+    single = StreamBatches(n, b, accum_steps=2, rank=0, world_size=1, seed=3)
+    ranks = [StreamBatches(n, b, accum_steps=1, rank=r, world_size=2, seed=3) for r in range(2)]
+    it1 = iter(single)
+    its = [iter(s) for s in ranks]
+    seen = []
+    for step in range(steps):
+        micro = [next(it1), next(it1)]
+        assert micro == [next(its[0]), next(its[1])]  # same global batch, same split
+        seen += [i for m in micro for i, _ in m]
+    # Every clip once per epoch: the first 7 positions are a permutation.
+    assert sorted(seen[:n]) == list(range(n))
+    # A sampler started at step 3 continues exactly where the first left off.
+    again = iter(StreamBatches(n, b, accum_steps=2, rank=0, world_size=1, seed=3, start=3))
+    ref = iter(StreamBatches(n, b, accum_steps=2, rank=0, world_size=1, seed=3))
+    for _ in range(6):
+        next(ref)
+    assert [next(again) for _ in range(4)] == [next(ref) for _ in range(4)]
+    # Another seed, another order.
+    other = iter(StreamBatches(n, b, accum_steps=2, rank=0, world_size=1, seed=4))
+    assert [next(other) for _ in range(4)] != [next(iter(StreamBatches(n, b, 2, 0, 1, 3))) for _ in range(4)]
+
+
+def test_lr_schedules():
+    cfg = TrainConfig(steps=100, lr=1.0, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
+    assert lr_factor(cfg, 0) == pytest.approx(0.1)
+    assert lr_factor(cfg, 9) == pytest.approx(1.0)
+    assert lr_factor(cfg, 10) == pytest.approx(1.0)
+    assert lr_factor(cfg, 55) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(cfg, 100) == pytest.approx(0.1)
+    step = TrainConfig(schedule="step", milestones=(5, 8), gamma=0.5)
+    assert [lr_factor(step, s) for s in (0, 4, 5, 7, 8, 20)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
+
+
+def test_config_validation_and_presets():
+    with pytest.raises(ValueError, match="TrainConfig.optimizer"):
+        TrainConfig(optimizer="adagrad")
+    with pytest.raises(ValueError, match="no field"):
+        TrainConfig.from_dict({"learning_rate": 1})
+    from densecorr import models
+
+    for name in models.list_models():
+        for kind in ("cpu", "paper"):
+            cfg = preset(name, kind)
+            config = models.get_config(name, **cfg.model_config)
+            stride = getattr(config, "stride", 8)
+            assert cfg.crop[0] % stride == 0 and cfg.crop[1] % stride == 0, (name, kind)
+            if hasattr(config, "frame_size"):
+                assert tuple(cfg.crop) == (config.frame_size,) * 2, (name, kind)
+    assert training.main(["--model", "nosuchmodel", "--print-config"]) == 2
+
+
+# --------------------------------------------------------------------------- training, checkpoints, eval
+
+
+def test_train_logs_checkpoints_and_periodic_eval(frames_root, tmp_path):
+    out = str(tmp_path / "run")
+    cfg = tiny_config("vidcolor", frames_root, steps=8, lr=3e-3, eval_every=8, eval_root=sample_root(),
+                      eval_max_frames=3, eval_height=128, gaps=(1,))
+    result = training.train(cfg, out, quiet=True, log=lambda m: None)
+    assert result["step"] == 8
+    rows = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in train_rows] == list(range(1, 9))
+    assert all(np.isfinite(r["loss"]) and r["clips_per_s"] > 0 for r in train_rows)
+    # The colourisation loss on the training clips (fixed crops) falls from the initial weights.
+    from densecorr import models
+
+    clips = SeededClips(readable_sequences([frames_root], print), 4, (1,), cfg.resize, cfg.crop, cfg.flip)
+    batch = torch.stack([clips[(i, i)] for i in range(len(clips))])
+    torch.manual_seed(training._mix(cfg.seed, "init") % 2**63)  # the initialisation train() used
+    before = models.create("vidcolor", **TINY["vidcolor"])
+    after = models.create("vidcolor", **TINY["vidcolor"])
+    after.load_state_dict(torch.load(os.path.join(out, "model.pt"), weights_only=True)["state_dict"])
+    with torch.no_grad():
+        loss_before, loss_after = float(before(batch)["loss"]), float(after(batch)["loss"])
+    assert loss_after < 0.9 * loss_before, (loss_before, loss_after)
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert len(evals) == 1 and 0.0 <= evals[0]["J&F"] <= 1.0
+    # Only the newest keep_last checkpoints remain; each is also a model checkpoint.
+    assert [s for s, _ in list_checkpoints(out)] == [7, 8]
+    from densecorr.propagation import load_model
+
+    model, desc = load_model(os.path.join(out, "ckpt-00000008.pt"), log=lambda m: None)
+    assert model.stride == 8 and "vidcolor" in desc
+    ckpt = load_checkpoint(os.path.join(out, "ckpt-00000008.pt"))
+    assert ckpt["train"]["step"] == 8 and ckpt["model"] == "vidcolor"
+    final = torch.load(os.path.join(out, "model.pt"), weights_only=True)
+    for k, v in final["state_dict"].items():
+        assert torch.equal(v, ckpt["state_dict"][k]), k
+
+
+def test_resume_after_kill_matches_uninterrupted_run(frames_root, tmp_path):
+    # CorrFlow draws random channel dropout and scheduled sampling: the RNG and the
+    # scheduled-sampling step count must come back with the checkpoint.
+    cfg = tiny_config("corrflow", frames_root, steps=10, model_config={**TINY["corrflow"], "sampling_decay_steps": 10})
+    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    p_full = run_cli(cli_args(cfg, full))
+    p_cut = run_cli(cli_args(cfg, cut))
+    deadline = time.time() + 150
+    while not any(s >= 3 for s, _ in list_checkpoints(cut)):
+        assert p_cut.poll() is None, p_cut.stdout.read()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    p_cut.send_signal(signal.SIGKILL)
+    p_cut.wait()
+    killed_at = max(s for s, _ in list_checkpoints(cut))
+    assert killed_at < cfg.steps, "the run finished before it was killed; the test needs a slower run"
+    assert not os.path.exists(os.path.join(cut, "model.pt"))
+    p_resume = run_cli(cli_args(cfg, cut))
+    out_resume, _ = p_resume.communicate(timeout=150)
+    out_full, _ = p_full.communicate(timeout=150)
+    assert p_resume.returncode == 0, out_resume
+    assert p_full.returncode == 0, out_full
+    a, b = final_state(full), final_state(cut)
+    assert a.keys() == b.keys()
+    assert int(b["num_steps"]) == cfg.steps
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resuming from step {killed_at}"
+
+
+def test_ddp_two_processes_match_single_process(frames_root, tmp_path):
+    cfg = tiny_config("vidcolor", frames_root, steps=3, batch_size=1, ckpt_every=3)
+    ddp, single = str(tmp_path / "ddp"), str(tmp_path / "single")
+    p = run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *cli_args(cfg, ddp)])
+    q = run_cli(cli_args(cfg.replace(accum_steps=2), single))
+    out_p, _ = p.communicate(timeout=200)
+    out_q, _ = q.communicate(timeout=200)
+    assert p.returncode == 0, out_p
+    assert q.returncode == 0, out_q
+    rows = [json.loads(line) for line in open(os.path.join(ddp, "log.jsonl"))]
+    sync = [r for r in rows if r["kind"] == "sync"]
+    assert sync and all(len(r["fingerprints"]) == 2 and len(set(r["fingerprints"])) == 1 for r in sync)
+    a, b = final_state(ddp), final_state(single)
+    from densecorr import models
+
+    torch.manual_seed(training._mix(cfg.seed, "init") % 2**63)  # the initialisation train() used
+    init = dict(models.create("vidcolor", **TINY["vidcolor"]).named_parameters())
+    for k in init:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
+    assert sum(not torch.equal(init[k].detach(), a[k]) for k in init) > len(init) // 2  # training moved them
+
+
+def test_corrupt_checkpoint_is_reported_and_passed_over(frames_root, tmp_path):
+    out = str(tmp_path / "run")
+    cfg = tiny_config("vidcolor", frames_root, steps=2, gaps=(1,))
+    training.train(cfg, out, quiet=True, log=lambda m: None)
+    newest = os.path.join(out, "ckpt-00000002.pt")
+    data = open(newest, "rb").read()
+    with open(newest, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(newest)
+    notes = []
+    path, ckpt = find_resume(out, notes.append)
+    assert path.endswith("ckpt-00000001.pt") and ckpt["train"]["step"] == 1
+    assert any("ckpt-00000002.pt" in n and "corrupt" in n for n in notes)
+    # Asked for explicitly, the bad file ends the command with a clear error (exit status 2).
+    assert training.main(["--model", "vidcolor", "--data", frames_root, "--out", out, "--resume", newest, "--quiet"]) == 2
+    not_ckpt = str(tmp_path / "weights.pt")
+    torch.save({"state_dict": {}}, not_ckpt)
+    with pytest.raises(CheckpointError, match="not a training checkpoint"):
+        load_checkpoint(not_ckpt)
+
+
+def test_unreadable_video_is_skipped_with_a_warning(frames_root, tmp_path):
+    root = tmp_path / "mixed"
+    root.mkdir()
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
+    os.symlink(os.path.join(frames_root, "seq0"), root / "good")
+    notes = []
+    paths = readable_sequences([str(root)], notes.append)
+    assert paths == [str(root / "good")]
+    assert len(notes) == 1 and "broken.mp4" in notes[0] and "skipping" in notes[0]
+    clips = SeededClips(paths, clip_len=3, gaps=(1,), resize=36, crop=(32, 32), flip=True)
+    a, b = clips[(2, 11)], clips[(2, 11)]
+    assert a.shape == (3, 3, 32, 32) and torch.equal(a, b)  # the crop is a function of the seed
+    with pytest.raises(DataError, match="no readable"):
+        readable_sequences([str(root / "broken.mp4")], notes.append)
