@@ -1,11 +1,13 @@
 """Triton kernels on CPU tensors under the Triton interpreter, against backend="reference".
 
-TRITON_INTERPRET=1 must be set before triton is imported (triton decorates its own library
-functions at import), so this module sets it at import: pytest imports every test module
-before running any test. If triton was already imported in compiled mode by then, the
-comparisons run in a subprocess instead (test_in_interpreter_subprocess). On a machine with
-a GPU the Triton kernels are tested on CUDA tensors by tests/test_cuda.py, and this module
-skips: the interpreter would otherwise also take over those CUDA runs.
+Triton picks interpreter or compiler when a function is decorated (its own library at
+`import triton`, ours at `import densecorr.triton`), so this module sets TRITON_INTERPRET=1
+around those imports at collection (before any test runs), then restores the environment
+so that other modules' tests see the machine as it is; an autouse fixture sets it again
+during each test here (the backend registry lets CPU tensors reach Triton only then).
+If triton was already imported in compiled mode, the comparisons run in a subprocess
+instead (test_in_interpreter_subprocess). With a GPU the Triton kernels are tested on CUDA
+tensors by tests/test_cuda.py, and this module skips.
 
 The interpreter does not check the GPU compiler's rules (tl.dot sizes, layouts) and is
 unreliable in bfloat16; float32 and float16 are compared here, bfloat16 on the GPU only.
@@ -23,12 +25,25 @@ if torch.cuda.is_available():
     pytest.skip("GPU present: the Triton kernels are tested on CUDA in tests/test_cuda.py",
                 allow_module_level=True)
 _COMPILED_TRITON = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
+_SAVED_ENV = os.environ.get("TRITON_INTERPRET")
 if not _COMPILED_TRITON:
     os.environ["TRITON_INTERPRET"] = "1"
-pytest.importorskip("triton")
+try:
+    pytest.importorskip("triton")
+    import densecorr  # noqa: E402
+    import densecorr.triton  # noqa: E402, F401  (decorates the kernels: interpreted)
+    from densecorr import backends  # noqa: E402
+finally:
+    if _SAVED_ENV is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = _SAVED_ENV
 
-import densecorr  # noqa: E402
-from densecorr import backends  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def _interpreter_env(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
 
 # Set when triton was imported in compiled mode before this module: the tests below then run
 # in a subprocess started with TRITON_INTERPRET=1.
