@@ -98,29 +98,19 @@ void run_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor&
                     dq.data_ptr<T>(), dk.data_ptr<T>(), dvp, B, N, M, D, C, topk, T(scale));
     return;
   }
-  const int64_t Np = round_up(N, W), Mp = round_up(M, W);
+  const int64_t Mp = round_up(M, W), Dp = round_up(D, W), Cp = round_up(C, W);
   Tensor delta = (dout * out).sum(-1);  // (B, N): dO_i . out_i
-  Tensor kt = pad_rows_cols(k.transpose(1, 2), 1, W);   // (B, D, Mp)
-  Tensor vt = pad_rows_cols(v.transpose(1, 2), 1, W);   // (Bv, C, Mp)
-  Tensor kp = pad_rows_cols(k, W, W);                   // (B, Mp, Dp)
-  DC_DISPATCH_ISA(global_bwd_dq<T>, q.data_ptr<T>(), kt.data_ptr<T>(), vt.data_ptr<T>(), shared_v ? 0 : C * Mp,
-                  kp.data_ptr<T>(), dout.data_ptr<T>(), lse.data_ptr<T>(), delta.data_ptr<T>(), dq.data_ptr<T>(), B,
-                  N, M, D, C, T(scale));
-  kt = Tensor();
-  kp = Tensor();
-  vt = Tensor();
-  Tensor qt = pad_rows_cols(q.transpose(1, 2), 1, W);     // (B, D, Np)
-  Tensor dot_ = pad_rows_cols(dout.transpose(1, 2), 1, W);  // (B, C, Np)
-  Tensor qp = pad_rows_cols(q, W, W);                     // (B, Np, Dp)
-  Tensor dop = pad_rows_cols(dout, W, W);                 // (B, Np, Cp)
-  Tensor lsep = at::full({B, Np}, INFINITY, q.options());
-  lsep.narrow(1, 0, N).copy_(lse);
-  Tensor deltap = at::zeros({B, Np}, q.options());
-  deltap.narrow(1, 0, N).copy_(delta);
-  DC_DISPATCH_ISA(global_bwd_dkv<T>, k.data_ptr<T>(), v.data_ptr<T>(), shared_v ? 0 : M * C, qt.data_ptr<T>(),
-                  dot_.data_ptr<T>(), qp.data_ptr<T>(), dop.data_ptr<T>(), lsep.data_ptr<T>(), deltap.data_ptr<T>(),
-                  dk.data_ptr<T>(), dvp, B, N, M, D, C, T(scale));
-  (void)Mp;
+  Tensor kt = pad_rows_cols(k.transpose(1, 2), 1, W);  // (B, D, Mp)
+  Tensor vt = pad_rows_cols(v.transpose(1, 2), 1, W);  // (Bv, C, Mp)
+  Tensor kp = pad_rows_cols(k, W, W);                  // (B, Mp, Dp)
+  const int64_t G = base::bwd_groups(B, N, M, D, C, sizeof(T));
+  Tensor dkp = at::zeros({G, B, Mp, Dp}, q.options());
+  Tensor dvpart = dv != nullptr ? at::zeros({G, B, Mp, Cp}, q.options()) : Tensor();
+  DC_DISPATCH_ISA(global_bwd_dense<T>, q.data_ptr<T>(), kt.data_ptr<T>(), vt.data_ptr<T>(), shared_v ? 0 : C * Mp,
+                  kp.data_ptr<T>(), dout.data_ptr<T>(), lse.data_ptr<T>(), delta.data_ptr<T>(), dq.data_ptr<T>(),
+                  dkp.data_ptr<T>(), dv != nullptr ? dvpart.data_ptr<T>() : nullptr, G, B, N, M, D, C, T(scale));
+  dk.copy_(dkp[0].narrow(1, 0, M).narrow(2, 0, D));
+  if (dv != nullptr) dv->copy_(dvpart[0].narrow(1, 0, M).narrow(2, 0, C));
 }
 
 std::tuple<Tensor, Tensor, Tensor> global_attention_bwd(const Tensor& grad_out, const Tensor& q_, const Tensor& k_,

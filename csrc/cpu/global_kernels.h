@@ -6,9 +6,10 @@
 //   vp (Mp, Cp): values zero-padded to Cp = round_up(C, W) columns;
 //   out (N, C), lse (N) (log-sum-exp of the scaled logits that entered the softmax),
 //   idx (N, topk).
-// Grid: at::parallel_for over B x ceil(N / BQ) query blocks (forward, backward dq) and over
-// B x ceil(M / BK) key blocks (backward dk, dv), so every output element is written by one
-// task in a fixed order: results do not depend on the thread count.
+// Grid: at::parallel_for over B x ceil(N / BQ) query blocks (forward) and over B x G fixed
+// groups of query blocks (backward; G partial dk/dv buffers summed in order afterwards), so
+// every output element is computed in a fixed order: results do not depend on the thread
+// count.
 namespace densecorr_cpu {
 namespace DC_ISA {
 
@@ -102,80 +103,82 @@ void global_fwd_topk(const T* q, const T* kt, const T* v, int64_t vstride, T* ou
   });
 }
 
-// Backward, pass 1: dq = scale * sum_j P_ij (dP_ij - delta_i) k_j, query blocks in parallel.
-// vt (C, Mp) and kp (Mp, Dp) are padded copies of v^T and k; delta_i = dO_i . out_i.
-template <typename T>
-void global_bwd_dq(const T* q, const T* kt, const T* vt, int64_t vtstride, const T* kp, const T* dout, const T* lse,
-                   const T* delta, T* dq, int64_t B, int64_t N, int64_t M, int64_t D, int64_t C, T scale) {
-  constexpr int W = Vec<T>::W;
-  const int64_t Mp = round_up(M, W), Dp = round_up(D, W), nqb = ceil_div(N, kBQ);
-  at::parallel_for(0, B * nqb, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> S(kBQ * kBK), dP(kBQ * kBK), acc(kBQ * Dp);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / nqb, i0 = (task % nqb) * kBQ, bq = std::min(kBQ, N - i0);
-      const T* qb = q + (b * N + i0) * D;
-      const T* dob = dout + (b * N + i0) * C;
-      std::fill(acc.begin(), acc.end(), T(0));
-      for (int64_t j0 = 0; j0 < M; j0 += kBK) {
-        const int64_t nb = std::min(kBK, M - j0), nbp = round_up(nb, W);
-        gemm<T>(bq, nbp, D, qb, D, kt + b * D * Mp + j0, Mp, S.data(), kBK, false);
-        gemm<T>(bq, nbp, C, dob, C, vt + b * vtstride + j0, Mp, dP.data(), kBK, false);
-        for (int64_t i = 0; i < bq; ++i) {
-          T* s = S.data() + i * kBK;
-          const T* dp = dP.data() + i * kBK;
-          const T li = lse[b * N + i0 + i], di = delta[b * N + i0 + i];
-          exp_row(s, nbp, scale, li);
-          for (int64_t j = 0; j < nbp; ++j) s[j] = j < nb ? s[j] * (dp[j] - di) : T(0);
-        }
-        gemm<T>(bq, Dp, nbp, S.data(), kBK, kp + (b * Mp + j0) * Dp, Dp, acc.data(), Dp, true);
-      }
-      for (int64_t i = 0; i < bq; ++i)
-        for (int64_t d = 0; d < D; ++d) dq[(b * N + i0 + i) * D + d] = scale * acc[i * Dp + d];
-    }
-  });
+// Number of fixed query groups of the backward: each accumulates its own partial dk/dv
+// (B, Mp, Dp + Cp), summed in group order afterwards. It depends on the shapes only (not on
+// the thread count), so results are deterministic; bounded to keep the partials <= 256 MiB.
+inline int64_t bwd_groups(int64_t B, int64_t N, int64_t M, int64_t D, int64_t C, int64_t elt) {
+  const int64_t per = B * (M + 16) * (D + C + 16) * elt;
+  int64_t G = std::min<int64_t>(8, ceil_div(N, kBQ));
+  while (G > 1 && G * per > (int64_t(256) << 20)) --G;
+  return G;
 }
 
-// Backward, pass 2: dk = scale * sum_i dS_ij q_i and dv = sum_i P_ij dO_i, key blocks in
-// parallel (no two tasks write the same row). qt (D, Np), dot_ (C, Np), qp (Np, Dp),
-// dop (Np, Cp) padded; lsep, deltap (Np) padded with +inf / 0 so padded queries get P = 0.
-// dv may be null (project_coords needs no value gradient).
+// Fused backward over all keys: per query block, recompute P = exp(s q.k - lse), then
+// dS = P (dO.v - delta), dq = s dS k (complete per block), and the block's share of
+// dk = s dS^T q and dv = P^T dO into its group's partials dkp/dvp (G, B, Mp, Dp/Cp).
+// kt (D, Mp), vt (C, Mp), kp (Mp, Dp) padded copies per batch (vt batch stride vtstride);
+// delta_i = dO_i . out_i. dvp may be null (no value gradient wanted).
 template <typename T>
-void global_bwd_dkv(const T* k, const T* v, int64_t vstride, const T* qt, const T* dot_, const T* qp, const T* dop,
-                    const T* lsep, const T* deltap, T* dk, T* dv, int64_t B, int64_t N, int64_t M, int64_t D,
-                    int64_t C, T scale) {
+void global_bwd_dense(const T* q, const T* kt, const T* vt, int64_t vtstride, const T* kp, const T* dout,
+                      const T* lse, const T* delta, T* dq, T* dkp, T* dvp, int64_t G, int64_t B, int64_t N,
+                      int64_t M, int64_t D, int64_t C, T scale) {
   constexpr int W = Vec<T>::W;
-  const int64_t Np = round_up(N, W), Dp = round_up(D, W), Cp = round_up(C, W), nkb = ceil_div(M, kBQ);
-  at::parallel_for(0, B * nkb, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> S(kBQ * kBK), dP(kBQ * kBK), accK(kBQ * Dp), accV(kBQ * Cp);
+  const int64_t Mp = round_up(M, W), Dp = round_up(D, W), Cp = round_up(C, W), nqb = ceil_div(N, kBQ);
+  const int64_t per = ceil_div(nqb, G);
+  at::parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> S(kBQ * kBK), dP(kBQ * kBK), dQ(kBQ * Dp), Qp(kBQ * Dp, T(0)), dOp(kBQ * Cp, T(0));
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / nkb, j0 = (task % nkb) * kBQ, bk = std::min(kBQ, M - j0);
-      const T* kb = k + (b * M + j0) * D;
-      const T* vb = v + b * vstride + j0 * C;
-      std::fill(accK.begin(), accK.end(), T(0));
-      std::fill(accV.begin(), accV.end(), T(0));
-      for (int64_t i0 = 0; i0 < N; i0 += kBK) {
-        const int64_t nq = std::min(kBK, N - i0), nqp = round_up(nq, W);
-        gemm<T>(bk, nqp, D, kb, D, qt + b * D * Np + i0, Np, S.data(), kBK, false);
-        gemm<T>(bk, nqp, C, vb, C, dot_ + b * C * Np + i0, Np, dP.data(), kBK, false);
-        const T* lb = lsep + b * Np + i0;
-        const T* db = deltap + b * Np + i0;
-        for (int64_t j = 0; j < bk; ++j) {
-          T* s = S.data() + j * kBK;
-          T* dp = dP.data() + j * kBK;
-          for (int64_t i = 0; i < nqp; i += W) {
-            const V<T> pv = vexp(vload(s + i) * scale - vload(lb + i));
-            vstore(s + i, pv);
-            vstore(dp + i, pv * (vload(dp + i) - vload(db + i)));
-          }
+      const int64_t b = task / G, g = task % G;
+      T* dK = dkp + (g * B + b) * Mp * Dp;
+      T* dV = dvp != nullptr ? dvp + (g * B + b) * Mp * Cp : nullptr;
+      for (int64_t blk = g * per; blk < std::min(nqb, (g + 1) * per); ++blk) {
+        const int64_t i0 = blk * kBQ, bq = std::min(kBQ, N - i0);
+        const T* qb = q + (b * N + i0) * D;
+        const T* dob = dout + (b * N + i0) * C;
+        for (int64_t i = 0; i < bq; ++i) {
+          std::copy(qb + i * D, qb + (i + 1) * D, Qp.data() + i * Dp);
+          std::copy(dob + i * C, dob + (i + 1) * C, dOp.data() + i * Cp);
         }
-        gemm<T>(bk, Dp, nqp, dP.data(), kBK, qp + (b * Np + i0) * Dp, Dp, accK.data(), Dp, true);
-        if (dv != nullptr) gemm<T>(bk, Cp, nqp, S.data(), kBK, dop + (b * Np + i0) * Cp, Cp, accV.data(), Cp, true);
+        std::fill(dQ.begin(), dQ.end(), T(0));
+        for (int64_t j0 = 0; j0 < M; j0 += kBK) {
+          const int64_t nb = std::min(kBK, M - j0), nbp = round_up(nb, W);
+          gemm<T>(bq, nbp, D, qb, D, kt + b * D * Mp + j0, Mp, S.data(), kBK, false);
+          gemm<T>(bq, nbp, C, dob, C, vt + b * vtstride + j0, Mp, dP.data(), kBK, false);
+          for (int64_t i = 0; i < bq; ++i) {
+            T* s = S.data() + i * kBK;
+            T* dp = dP.data() + i * kBK;
+            const V<T> li = vsplat(lse[b * N + i0 + i]), di = vsplat(delta[b * N + i0 + i]);
+            for (int64_t j = 0; j < nbp; j += W) {
+              const V<T> p = vexp(vload(s + j) * scale - li);
+              vstore(s + j, p);
+              vstore(dp + j, p * (vload(dp + j) - di));
+            }
+            for (int64_t j = nb; j < nbp; ++j) s[j] = dp[j] = 0;  // padded keys
+          }
+          gemm<T>(bq, Dp, nbp, dP.data(), kBK, kp + (b * Mp + j0) * Dp, Dp, dQ.data(), Dp, true);
+          gemm<T, true>(nbp, Dp, bq, dP.data(), kBK, Qp.data(), Dp, dK + j0 * Dp, Dp, true);
+          if (dV != nullptr) gemm<T, true>(nbp, Cp, bq, S.data(), kBK, dOp.data(), Cp, dV + j0 * Cp, Cp, true);
+        }
+        for (int64_t i = 0; i < bq; ++i)
+          for (int64_t d = 0; d < D; ++d) dq[(b * N + i0 + i) * D + d] = scale * dQ[i * Dp + d];
       }
-      for (int64_t j = 0; j < bk; ++j) {
-        for (int64_t d = 0; d < D; ++d) dk[(b * M + j0 + j) * D + d] = scale * accK[j * Dp + d];
-        if (dv != nullptr)
-          for (int64_t c = 0; c < C; ++c) dv[(b * M + j0 + j) * C + c] = accV[j * Cp + c];
+    }
+  });
+  // Sum the group partials in group order.
+  at::parallel_for(0, B * M, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t bm = begin; bm < end; ++bm) {
+      const int64_t b = bm / M, m = bm % M;
+      for (int64_t d = 0; d < D; ++d) {
+        T a = 0;
+        for (int64_t g = 0; g < G; ++g) a += dkp[((g * B + b) * Mp + m) * Dp + d];
+        dkp[((0 * B + b) * Mp + m) * Dp + d] = a * scale;
       }
+      if (dvp != nullptr)
+        for (int64_t c = 0; c < C; ++c) {
+          T a = 0;
+          for (int64_t g = 0; g < G; ++g) a += dvp[((g * B + b) * Mp + m) * Cp + c];
+          dvp[((0 * B + b) * Mp + m) * Cp + c] = a;
+        }
     }
   });
 }

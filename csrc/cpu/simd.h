@@ -35,9 +35,16 @@ template <typename T>
 inline void vstore(T* p, V<T> x) {
   *reinterpret_cast<typename Vec<T>::utype*>(p) = x;
 }
+// Broadcast (spelled out: `V<T>{} + x` costs an extra add per call, for x = -0.0).
 template <typename T>
-inline V<T> vsplat(T x) {
-  return V<T>{} + x;
+inline V<T> vsplat(T x);
+template <>
+inline V<float> vsplat(float x) {
+  return V<float>{x, x, x, x, x, x, x, x};
+}
+template <>
+inline V<double> vsplat(double x) {
+  return V<double>{x, x, x, x};
 }
 // The first n (< W) elements from p, the rest 0 (never reads past p + n).
 template <typename T>
@@ -101,8 +108,7 @@ inline V<double> vexp(V<double> x) {
   return r;
 }
 
-// A contiguous row: x[i] = exp(x[i] * s - m) and the sum of the results. n is a multiple of W
-// when `tail_ok` (padded buffers); otherwise the tail is done elementwise.
+// A contiguous row: x[i] = exp(x[i] * s - m) and the sum of the results.
 template <typename T>
 inline T exp_row(T* x, int64_t n, T s, T m) {
   constexpr int W = Vec<T>::W;
