@@ -801,6 +801,22 @@ def save_checkpoint(out: str, step: int, cfg: TrainConfig, net, optimizer, sched
         os.remove(old)
 
 
+def export_model(checkpoint: str, dest: str, **config_changes) -> dict:
+    """Write the model part of a training checkpoint ("model", "config", "state_dict": what
+    densecorr.propagation.load_model reads) to `dest`, atomically; `config_changes` replace model
+    config fields that do not change the weights (e.g. affinity="densecorr"). Returns the dict."""
+    ckpt = load_checkpoint(checkpoint)
+    config = {**ckpt["config"], **config_changes}
+    from densecorr import models
+
+    model = models.create(ckpt["model"], config)
+    model.load_state_dict(ckpt["state_dict"])  # the changed config must still fit the weights
+    out = {"model": ckpt["model"], "config": model.config.to_dict(), "state_dict": model.state_dict(),
+           "trained": {"step": ckpt["train"]["step"], "train_config": ckpt["train"]["config"]}}
+    atomic_save(out, dest)
+    return out
+
+
 def parameter_fingerprint(model: torch.nn.Module) -> str:
     """A hash of the exact bytes of every parameter (equal iff the parameters are bitwise equal)."""
     h = hashlib.blake2b(digest_size=16)
@@ -857,6 +873,7 @@ def build_parser(prog: str = "densecorr train") -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=None, help="steps between DAVIS J&F evaluations (0: never)")
     p.add_argument("--resume", default="auto", help="'auto' (newest checkpoint in --out, default), a checkpoint path, or 'none'")
     p.add_argument("--print-config", action="store_true", help="print the resolved TrainConfig as JSON and exit")
+    p.add_argument("--export", nargs=2, metavar=("CHECKPOINT", "DEST"), default=None, help="write the weights-only model checkpoint of a training checkpoint to DEST (loadable with --model DEST in densecorr eval-davis) and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -901,6 +918,10 @@ def main(argv: list[str] | None = None, prog: str = "densecorr train") -> int:
     """`densecorr train` / examples/train.py; returns the exit status (2: bad input or data)."""
     args = build_parser(prog).parse_args(argv)
     try:
+        if args.export:
+            out = export_model(*args.export, affinity="densecorr", backend=None)
+            print(f"wrote {args.export[1]}: {out['model']} at step {out['trained']['step']}")
+            return 0
         cfg = config_from_args(args)
         if args.print_config:
             print(json.dumps(cfg.to_dict(), indent=1))
