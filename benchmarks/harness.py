@@ -108,11 +108,12 @@ def measure_case(case: Case, providers: list[str], args, log) -> list[dict]:
         if r.get("boundary") and r["boundary"] != case.boundary:
             notes.append(f"computes boundary={r['boundary']!r}")
         for mode in args.modes:
+            no_grad = PROVIDERS[name].no_backward(case, args.device) if mode != "forward" else None
+            if no_grad:
+                rows.append(_row(case, name, mode, status="skipped", note=no_grad))
+                continue
             if r["status"] != "ok" and not r["times"].get(mode):
                 rows.append(_row(case, name, mode, status=r["status"], note=r.get("error")))
-                continue
-            if mode != "forward" and r.get("grad"):
-                rows.append(_row(case, name, mode, status="skipped", note=r["grad"]))
                 continue
             times = r["times"].get(mode, [])
             row = _row(
@@ -147,9 +148,15 @@ def measure_case(case: Case, providers: list[str], args, log) -> list[dict]:
     return rows
 
 
-def _row(case: Case, provider: str, mode: str, status: str, note=None, times_ms=(), **extra) -> dict:
+def case_info(case: Case) -> dict:
+    """The fields of a case that every row repeats."""
+    return dict(case=case.name, kind=case.kind, family=case.family, size=case.size, label=case.label)
+
+
+def _row(case: Case | dict, provider: str, mode: str, status: str, note=None, times_ms=(), **extra) -> dict:
+    """One result row; `case` a Case or a dict like case_info's."""
     row = dict(
-        case=case.name, kind=case.kind, family=case.family, size=case.size, label=case.label,
+        **(case_info(case) if isinstance(case, Case) else case),
         provider=provider, mode=mode, status=status, median_ms=None, min_ms=None,
         times_ms=list(times_ms), peak_extra_mib=None, ratio=None, note=note,
     )

@@ -1,6 +1,7 @@
 """The measuring side of the harness, run in fresh processes: `python -m benchmarks.worker JOB OUT`.
 
-Two kinds of job (JSON in the file JOB, result JSON written to OUT):
+Three kinds of job (JSON in the file JOB, result JSON written to OUT); "model_time" is the
+models suite's (benchmarks/models_bench.py), the other two:
 - "time": one case, all its providers side by side in this process: each provider is built
   and warmed up once (first call timed separately: it includes compilation), then for each
   repeat every provider runs once, in an order rotated by one each repeat, so that machine
@@ -336,7 +337,12 @@ def main(argv=None):
         pass
 
     limit_memory(job.get("budget_bytes"))
-    result = time_job(job) if job["kind"] == "time" else memory_job(job)
+    if job["kind"] == "model_time":
+        from benchmarks import models_bench
+
+        result = models_bench.time_job(job)
+    else:
+        result = time_job(job) if job["kind"] == "time" else memory_job(job)
     with open(out_path, "w") as f:
         json.dump(result, f)
 
