@@ -115,6 +115,9 @@ def measure_case(case: Case, providers: list[str], args, log) -> list[dict]:
             if r["status"] != "ok" and not r["times"].get(mode):
                 rows.append(_row(case, name, mode, status=r["status"], note=r.get("error")))
                 continue
+            if mode != "forward" and r.get("grad") and not r["times"].get(mode):
+                rows.append(_row(case, name, mode, status=r.get("grad_status", "failed"), note=r["grad"]))
+                continue
             times = r["times"].get(mode, [])
             row = _row(
                 case, name, mode, status="ok" if times else r["status"], note="; ".join(notes) or None,
@@ -124,6 +127,8 @@ def measure_case(case: Case, providers: list[str], args, log) -> list[dict]:
             )
             if r["status"] != "ok":
                 row["note"] = f"{r['status']} after {len(times)} repeats: {r.get('error')}"
+            elif mode != "forward" and r.get("grad"):
+                row["note"] = r["grad"]
             peak = (r.get("peak_extra_bytes") or {}).get(mode)
             if peak is not None:
                 row["peak_extra_mib"] = peak / MiB

@@ -203,13 +203,19 @@ def time_job(job: dict) -> dict:
             del out
             r["grad"] = p.no_backward(case, device)  # None: backward available
             r["inner_grad"] = 1
-            if grad_modes and r["grad"] is None:
-                tf, tb = run_full(fn, withgrad, grad, device)
-                r["first_grad_call_s"] = tf + tb
-                fast = tf + tb < 0.5
-                r["inner_grad"] = inner_calls(sum(run_full(fn, withgrad, grad, device))) if fast else 1
             fns[name] = fn
+            if grad_modes and r["grad"] is None:
+                try:
+                    tf, tb = run_full(fn, withgrad, grad, device)
+                    r["first_grad_call_s"] = tf + tb
+                    fast = tf + tb < 0.5
+                    r["inner_grad"] = inner_calls(sum(run_full(fn, withgrad, grad, device))) if fast else 1
+                except Exception as exc:  # e.g. out of memory for the saved tensors: forward goes on
+                    r["grad_status"], error = describe_error(exc, budget)
+                    r["grad"] = f"{r['grad_status']}: {error}"
+                    r["traceback"] = traceback.format_exc(limit=4)
         except Exception as exc:  # recorded, and the other providers go on
+            fns.pop(name, None)
             r["status"], r["error"] = describe_error(exc, budget)
             r["traceback"] = traceback.format_exc(limit=4)
         gc.collect()
@@ -226,6 +232,11 @@ def time_job(job: dict) -> dict:
                     t, out = run_forward(fns[name], nograd, device, r["inner"])
                     del out
                     r["times"]["forward"].append(t)
+            except Exception as exc:
+                r["status"], r["error"] = describe_error(exc, budget)
+                r["traceback"] = traceback.format_exc(limit=4)
+                continue
+            try:
                 if grad_modes and r["grad"] is None:
                     tf, tb = run_full(fns[name], withgrad, grad, device, r["inner_grad"])
                     if "backward" in modes:
@@ -233,7 +244,8 @@ def time_job(job: dict) -> dict:
                     if "full" in modes:
                         r["times"]["full"].append(tf + tb)
             except Exception as exc:
-                r["status"], r["error"] = describe_error(exc, budget)
+                r["grad_status"], error = describe_error(exc, budget)
+                r["grad"] = f"{r['grad_status']} after {len(r['times'].get('full', []))} repeats: {error}"
                 r["traceback"] = traceback.format_exc(limit=4)
             gc.collect()
 
