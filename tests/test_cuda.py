@@ -415,6 +415,62 @@ def test_gpu_cuda_float64_local_attention():
     _gpu_compare(densecorr.local_attention, (q, k, v), torch.float64, "cuda", radius=2, boundary="zero")
 
 
+def _gpu_opcheck_cases(backend):
+    def r(*shape):
+        return torch.randn(*shape, device="cuda").requires_grad_()
+
+    q, k, v = r(2, 5, 3), r(2, 7, 3), r(2, 7, 2)
+    ql, kl, vl = r(1, 3, 4, 5), r(1, 2, 3, 4, 5), r(1, 2, 2, 4, 5)
+    attn = torch.rand(1, 2 * 9, 4, 5, device="cuda").requires_grad_()
+    ops = torch.ops.densecorr
+    cases = [
+        (ops.project_coords_fwd, (q, r(2, 3, 4, 5), 0.5, backend)),
+        (ops.local_affinity_fwd, (ql, kl, 1, 1, 0.5, True, "mask", "square", backend)),
+        (ops.local_copy_fwd, (attn, vl, 1, 1, "mask", "square", backend)),
+        (ops.local_attention_fwd, (ql, kl, vl, 1, 1, 0.5, "mask", "square", 0, backend)),
+        (ops.local_attention_fwd, (ql, kl, vl, 1, 2, 0.5, "zero", "circle", 4, backend)),
+    ]
+    if backend == "triton":
+        cases += [(ops.global_attention_fwd, (q, k, v, 0.5, 0, backend)),
+                  (ops.global_attention_fwd, (q, k, v, 0.5, 3, backend))]
+    return cases
+
+
+@needs_gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_opcheck(backend):
+    """torch.library.opcheck of every custom op with the GPU backend doing the work."""
+    _backend_or_skip(backend, "local_attention_fwd", torch.float32)
+    for op, args in _gpu_opcheck_cases(backend):
+        torch.library.opcheck(op, args)
+
+
+@needs_gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_torch_compile_fullgraph(backend):
+    _backend_or_skip(backend, "local_attention_fwd", torch.float32)
+
+    def r(*shape):
+        return torch.randn(*shape, device="cuda").requires_grad_()
+
+    ql, kl, vl = r(1, 8, 9, 10), r(1, 2, 8, 9, 10), r(1, 2, 3, 9, 10)
+    q = r(1, 12, 8)
+
+    def f(q, ql, kl, vl):
+        loc = densecorr.local_attention(ql, kl, vl, 2, boundary="zero", window="circle", topk=5, backend=backend)
+        cp = densecorr.local_copy(densecorr.local_affinity(ql, kl, 1, backend=backend), vl, 1, backend=backend)
+        xy = densecorr.project_coords(q, ql, backend=backend)
+        return loc.sum() + (cp * cp).sum() + xy.sum()
+
+    args = (q, ql, kl, vl)
+    compiled = torch.compile(f, fullgraph=True, dynamic=False)
+    eager = f(*args)
+    got = compiled(*args)
+    torch.testing.assert_close(got, eager, rtol=1e-4, atol=1e-4)
+    for a, b in zip(torch.autograd.grad(got, args), torch.autograd.grad(eager, args)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 # --------------------------------------------------------------------------- compile check
 
 
