@@ -35,6 +35,12 @@ inline bool use_avx2() {
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 inline int64_t ceil_div(int64_t x, int64_t m) { return (x + m - 1) / m; }
 
+// at::parallel_for grain for tasks of `work` multiply-adds each: calls with under ~2^18 of
+// work in total run on the calling thread (a parallel region costs more than they do).
+inline int64_t grain_for(int64_t work) {
+  return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, work));
+}
+
 enum class Boundary { Mask, Zero, Clamp };
 
 inline Boundary parse_boundary(const std::string& b) {

@@ -51,5 +51,15 @@ inline void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const
   if (j < N) gemm_rows<T, 1, TA>(M, K, A, lda, B + j, ldb, C + j, ldc, accumulate);
 }
 
+// The same product with B packed in panels of 2W columns: panel p (columns 2W*p ..) is a
+// contiguous K x 2W block at Bp + p*K*2W, streamed sequentially by the micro-kernel.
+// N must be a multiple of 2W.
+template <typename T>
+inline void gemm_packed(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc,
+                        bool accumulate) {
+  constexpr int PW = 2 * Vec<T>::W;
+  for (int64_t j = 0; j < N; j += PW) gemm_rows<T, 2, false>(M, K, A, lda, Bp + j * K, PW, C + j, ldc, accumulate);
+}
+
 }  // namespace DC_ISA
 }  // namespace densecorr_cpu

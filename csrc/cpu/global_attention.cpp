@@ -36,6 +36,14 @@ Tensor pad_rows_cols(const Tensor& x, int64_t rw, int64_t cw) {
   return p;
 }
 
+// k (B, M, D) -> (B, Mq / PW, D, PW), Mq = round_up(M, PW): key panels for gemm_packed.
+Tensor pack_panels(const Tensor& k, int64_t PW) {
+  const int64_t B = k.size(0), M = k.size(1), D = k.size(2), Mq = round_up(M, PW);
+  Tensor p = at::zeros({B, Mq, D}, k.options());
+  p.narrow(1, 0, M).copy_(k);
+  return p.view({B, Mq / PW, PW, D}).transpose(2, 3).contiguous();
+}
+
 void check_global(const Tensor& q, const Tensor& k, const Tensor& v) {
   TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3,
               "densecorr cpu global_attention: q, k, v must be (B, N, D), (B, M, D), (B, M, C), got ", q.sizes(),
@@ -47,20 +55,20 @@ void check_global(const Tensor& q, const Tensor& k, const Tensor& v) {
               "densecorr cpu: float32 or float64 tensors only, got ", q.scalar_type());
 }
 
-// Shared by global_attention_fwd and project_coords_fwd. vp: padded values (Bv, Mp, Cp),
-// Bv = 1 when every batch shares them.
+// Shared by global_attention_fwd and project_coords_fwd. v_or_vp: v (B, M, C) for topk,
+// else values padded to (Bv, round_up(M, 2W), round_up(C, W)), Bv = 1 when batches share them.
 template <typename T>
 void run_fwd(const Tensor& q, const Tensor& k, const Tensor& v_or_vp, bool shared_v, int64_t C, double scale,
              int64_t topk, Tensor& out, Tensor& lse, Tensor& idx) {
   const int64_t B = q.size(0), N = q.size(1), M = k.size(1), D = q.size(2), W = vec_width(q.scalar_type());
-  Tensor kt = pad_rows_cols(k.transpose(1, 2), 1, W);  // (B, D, Mp)
+  Tensor kpk = pack_panels(k, 2 * W);
   if (topk > 0) {
     const int64_t vstride = shared_v ? 0 : M * C;
-    DC_DISPATCH_ISA(global_fwd_topk<T>, q.data_ptr<T>(), kt.data_ptr<T>(), v_or_vp.data_ptr<T>(), vstride,
+    DC_DISPATCH_ISA(global_fwd_topk<T>, q.data_ptr<T>(), kpk.data_ptr<T>(), v_or_vp.data_ptr<T>(), vstride,
                     out.data_ptr<T>(), lse.data_ptr<T>(), idx.data_ptr<int64_t>(), B, N, M, D, C, T(scale), topk);
   } else {
-    const int64_t vstride = shared_v ? 0 : round_up(M, W) * round_up(C, W);
-    DC_DISPATCH_ISA(global_fwd_dense<T>, q.data_ptr<T>(), kt.data_ptr<T>(), v_or_vp.data_ptr<T>(), vstride,
+    const int64_t vstride = shared_v ? 0 : round_up(M, 2 * W) * round_up(C, W);
+    DC_DISPATCH_ISA(global_fwd_dense<T>, q.data_ptr<T>(), kpk.data_ptr<T>(), v_or_vp.data_ptr<T>(), vstride,
                     out.data_ptr<T>(), lse.data_ptr<T>(), B, N, M, D, C, T(scale));
   }
 }
@@ -77,7 +85,7 @@ std::tuple<Tensor, Tensor, Tensor> global_attention_fwd(const Tensor& q_, const 
   if (B * N == 0 || C == 0) return {out.zero_(), lse.fill_(-INFINITY), idx};
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "global_attention_fwd", [&] {
     const int64_t W = vec_width(q.scalar_type());
-    Tensor vv = topk > 0 ? v : pad_rows_cols(v, W, W);
+    Tensor vv = topk > 0 ? v : pad_rows_cols(v, 2 * W, W);
     run_fwd<scalar_t>(q, k, vv, false, C, scale, topk, out, lse, idx);
   });
   return {out, lse, idx};
@@ -156,7 +164,7 @@ std::tuple<Tensor, Tensor> project_coords_fwd(const Tensor& q_, const Tensor& k_
   if (B * N == 0) return {out, lse};
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "project_coords_fwd", [&] {
     const int64_t Wv = vec_width(q.scalar_type());
-    Tensor vp = pad_rows_cols(coord_grid(H, W, q.options()), Wv, Wv);
+    Tensor vp = pad_rows_cols(coord_grid(H, W, q.options()), 2 * Wv, Wv);
     run_fwd<scalar_t>(q, k, vp, true, 2, scale, 0, out, lse, idx);
   });
   return {out, lse};

@@ -3,6 +3,7 @@
 // Shapes (per batch b; batch strides are the products of the trailing sizes unless given):
 //   q (N, D), k (M, D), v (M, C): the caller's contiguous tensors;
 //   kt (D, Mp): keys transposed, zero-padded to Mp = round_up(M, W) columns;
+//   kpk (Mq / 2W, D, 2W): keys transposed and packed in panels of 2W, Mq = round_up(M, 2W);
 //   vp (Mp, Cp): values zero-padded to Cp = round_up(C, W) columns;
 //   out (N, C), lse (N) (log-sum-exp of the scaled logits that entered the softmax),
 //   idx (N, topk).
@@ -18,23 +19,23 @@ constexpr int64_t kBK = 128;  // keys per block: the BQ x BK logit tile stays in
 
 // Online-softmax forward over all keys. vstride: batch stride of vp (0: shared by batches).
 template <typename T>
-void global_fwd_dense(const T* q, const T* kt, const T* vp, int64_t vstride, T* out, T* lse, int64_t B, int64_t N,
+void global_fwd_dense(const T* q, const T* kpk, const T* vp, int64_t vstride, T* out, T* lse, int64_t B, int64_t N,
                       int64_t M, int64_t D, int64_t C, T scale) {
   constexpr int W = Vec<T>::W;
-  const int64_t Mp = round_up(M, W), Cp = round_up(C, W), nqb = ceil_div(N, kBQ);
-  at::parallel_for(0, B * nqb, 1, [&](int64_t begin, int64_t end) {
+  const int64_t Mp = round_up(M, 2 * W), Cp = round_up(C, W), nqb = ceil_div(N, kBQ);
+  at::parallel_for(0, B * nqb, grain_for(kBQ * M * (D + C)), [&](int64_t begin, int64_t end) {
     std::vector<T> S(kBQ * kBK), O(kBQ * Cp), m(kBQ), l(kBQ);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nqb, i0 = (task % nqb) * kBQ, bq = std::min(kBQ, N - i0);
       const T* qb = q + (b * N + i0) * D;
-      const T* ktb = kt + b * D * Mp;
+      const T* kpb = kpk + b * D * round_up(M, 2 * W);
       const T* vpb = vp + b * vstride;
       std::fill(O.begin(), O.end(), T(0));
       std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
       std::fill(l.begin(), l.end(), T(0));
       for (int64_t j0 = 0; j0 < M; j0 += kBK) {
-        const int64_t nb = std::min(kBK, M - j0), nbp = round_up(nb, W);
-        gemm<T>(bq, nbp, D, qb, D, ktb + j0, Mp, S.data(), kBK, false);
+        const int64_t nb = std::min(kBK, M - j0), nbp = round_up(nb, 2 * W);
+        gemm_packed<T>(bq, nbp, D, qb, D, kpb + j0 * D, S.data(), kBK, false);
         for (int64_t i = 0; i < bq; ++i) {
           T* row = S.data() + i * kBK;
           scale_row(row, nb, scale);
@@ -60,23 +61,23 @@ void global_fwd_dense(const T* q, const T* kt, const T* vp, int64_t vstride, T* 
 // Forward with top-k: logits streamed block by block through a running top-k per query;
 // the softmax and the weighted sum over the k kept keys at the end. v: (M, C) per batch.
 template <typename T>
-void global_fwd_topk(const T* q, const T* kt, const T* v, int64_t vstride, T* out, T* lse, int64_t* idx, int64_t B,
+void global_fwd_topk(const T* q, const T* kpk, const T* v, int64_t vstride, T* out, T* lse, int64_t* idx, int64_t B,
                      int64_t N, int64_t M, int64_t D, int64_t C, T scale, int64_t topk) {
   constexpr int W = Vec<T>::W;
-  const int64_t Mp = round_up(M, W), nqb = ceil_div(N, kBQ);
-  at::parallel_for(0, B * nqb, 1, [&](int64_t begin, int64_t end) {
+  const int64_t nqb = ceil_div(N, kBQ);
+  at::parallel_for(0, B * nqb, grain_for(kBQ * M * (D + C)), [&](int64_t begin, int64_t end) {
     std::vector<T> S(kBQ * kBK), p(topk), acc(C);
     std::vector<Cand<T>> cands(kBQ * 2 * topk);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nqb, i0 = (task % nqb) * kBQ, bq = std::min(kBQ, N - i0);
       const T* qb = q + (b * N + i0) * D;
-      const T* ktb = kt + b * D * Mp;
+      const T* kpb = kpk + b * D * round_up(M, 2 * W);
       std::vector<TopK<T>> tops;
       tops.reserve(bq);
       for (int64_t i = 0; i < bq; ++i) tops.emplace_back(cands.data() + i * 2 * topk, topk);
       for (int64_t j0 = 0; j0 < M; j0 += kBK) {
-        const int64_t nb = std::min(kBK, M - j0), nbp = round_up(nb, W);
-        gemm<T>(bq, nbp, D, qb, D, ktb + j0, Mp, S.data(), kBK, false);
+        const int64_t nb = std::min(kBK, M - j0), nbp = round_up(nb, 2 * W);
+        gemm_packed<T>(bq, nbp, D, qb, D, kpb + j0 * D, S.data(), kBK, false);
         for (int64_t i = 0; i < bq; ++i) {
           const T* row = S.data() + i * kBK;
           TopK<T>& top = tops[i];
@@ -125,7 +126,7 @@ void global_bwd_dense(const T* q, const T* kt, const T* vt, int64_t vtstride, co
   constexpr int W = Vec<T>::W;
   const int64_t Mp = round_up(M, W), Dp = round_up(D, W), Cp = round_up(C, W), nqb = ceil_div(N, kBQ);
   const int64_t per = ceil_div(nqb, G);
-  at::parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * G, grain_for(per * kBQ * M * 2 * (D + C)), [&](int64_t begin, int64_t end) {
     std::vector<T> S(kBQ * kBK), dP(kBQ * kBK), dQ(kBQ * Dp), Qp(kBQ * Dp, T(0)), dOp(kBQ * Cp, T(0));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / G, g = task % G;
@@ -165,7 +166,7 @@ void global_bwd_dense(const T* q, const T* kt, const T* vt, int64_t vtstride, co
     }
   });
   // Sum the group partials in group order.
-  at::parallel_for(0, B * M, 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * M, grain_for(G * (D + C)), [&](int64_t begin, int64_t end) {
     for (int64_t bm = begin; bm < end; ++bm) {
       const int64_t b = bm / M, m = bm % M;
       for (int64_t d = 0; d < D; ++d) {
@@ -198,7 +199,7 @@ void global_bwd_topk(const T* q, const T* k, const T* v, int64_t vstride, const 
     const T* vb = v + b * vstride;
     const T* dob = dout + b * N * C;
     const int64_t* ib = idx + b * N * K;
-    at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, N, grain_for(K * (D + C)), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const T delta = dot(dob + i * C, out + (b * N + i) * C, C);
         T* dqi = dq + (b * N + i) * D;
@@ -220,7 +221,7 @@ void global_bwd_topk(const T* q, const T* k, const T* v, int64_t vstride, const 
       std::vector<int64_t> fill(start.begin(), start.end() - 1);
       for (int64_t e = 0; e < N * K; ++e) order[fill[ib[e]]++] = e;
     }
-    at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, M, grain_for(N * K / std::max<int64_t>(M, 1) * (D + C) + 1), [&](int64_t begin, int64_t end) {
       for (int64_t m = begin; m < end; ++m) {
         T* dkm = dk + (b * M + m) * D;
         std::fill(dkm, dkm + D, T(0));
