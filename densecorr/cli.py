@@ -27,7 +27,7 @@ import numpy as np
 from densecorr.data.io import DataError
 
 MAX_GIF_FRAMES = 150
-GIF_WIDTH = 480
+GIF_WIDTH = 360
 
 
 # --------------------------------------------------------------------------- shared helpers

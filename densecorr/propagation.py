@@ -23,11 +23,10 @@ map. Frames are read one at a time and only the reference memory is kept, so mem
 grow with the sequence length (a 480p sequence stays far below 2 GB of host RAM).
 
 The crw protocol's joint top-k over a global first frame and 20 local windows is computed
-exactly and in bounded memory: the first frame's logits in chunks of query rows, the local
-windows' logits (`densecorr.local_affinity(normalize=False)`, -inf outside the image) a few
-references at a time; each part keeps its per-pixel top-k (values and the label vectors they
-point to) and the parts are merged by a final top-k, so the result equals one top-k over the
-concatenation of all candidates. Frame 0 appears only once (as the global reference), also
+exactly and in bounded memory: the joint top-k is a subset of the first frame's top-k and the
+windows' joint top-k, which the streamed densecorr kernels (global attention and local
+attention with topk) find, with their indices; the 2k candidates' logits are recomputed and
+the final top-k taken over them. Frame 0 appears only once (as the global reference), also
 while it is among the 20 previous frames.
 """
 from __future__ import annotations
@@ -296,17 +295,16 @@ class Propagator:
         protocol: a Protocol or its name.
         device: where features and affinities are computed.
         height: process frames at this height (None: native), for speed; outputs keep the frame size.
-        chunk: query rows per chunk for the crw protocol's global part.
     """
 
-    def __init__(self, model, protocol: str | Protocol = "crw", device: str | torch.device = "cpu", height: int | None = None, chunk: int = 2048):
+    def __init__(self, model, protocol: str | Protocol = "crw", device: str | torch.device = "cpu", height: int | None = None):
         self.model = model
         self.protocol = get_protocol(protocol)
         self.device = torch.device(device)
         self.height = height
-        self.chunk = chunk
         self.stride = int(getattr(model, "stride"))
         self.timer = 0.0
+        self._warm = False
 
     @torch.inference_mode()
     def embed(self, frame: np.ndarray) -> torch.Tensor:
@@ -349,6 +347,11 @@ class Propagator:
                     raise RuntimeError(f"first labels {tuple(lab.shape)} do not match the feature grid {tuple(q.shape[-2:])}")
                 feats[0], labels[0] = q, lab
                 self.timer += time.perf_counter() - start
+                if not self._warm:
+                    # The first call of an op pays one-time set-up (torch imports its compiler
+                    # stack: seconds); keep it out of the per-frame timing.
+                    self.step(q, [q, q], [lab, lab], global_first=True)
+                    self._warm = True
                 continue
             refs = proto.references(t)
             pred = self.step(q, [feats[i] for i in refs], [labels[i] for i in refs], global_first=(refs[0] == 0))
@@ -381,8 +384,8 @@ class Propagator:
             return out[0]
         if proto.kind == "crw":
             if global_first:
-                return crw_topk_step(q, ref_feats[0], ref_labels[0], ref_feats[1:], ref_labels[1:], proto.radius, proto.topk, proto.scale, proto.window, self.chunk)
-            return crw_topk_step(q, None, None, ref_feats, ref_labels, proto.radius, proto.topk, proto.scale, proto.window, self.chunk)
+                return crw_topk_step(q, ref_feats[0], ref_labels[0], ref_feats[1:], ref_labels[1:], proto.radius, proto.topk, proto.scale, proto.window)
+            return crw_topk_step(q, None, None, ref_feats, ref_labels, proto.radius, proto.topk, proto.scale, proto.window)
         raise ValueError(f"unknown protocol kind {proto.kind!r}")
 
 
@@ -402,65 +405,64 @@ def crw_topk_step(
     topk: int,
     scale: float,
     window: str = "circle",
-    chunk: int = 2048,
-    refs_per_call: int = 4,
 ) -> torch.Tensor:
     """Exact joint top-k attention over a global reference and local windows in other references.
 
     out_j = sum over the topk largest logits l of query j among {all positions of `first`} and
     {window(j) in each local reference} of softmax(l) * label, logits = scale * q_j . k_i.
 
+    The joint top-k is a subset of (top-k of the global part) + (top-k of the local part), so
+    each part is searched by its streamed, memory-bounded densecorr kernel
+    (global_attention_fwd / local_attention_fwd with topk: one joint top-k over all local
+    references' windows), which also return the indices of their top-k; the 2k candidates'
+    logits are recomputed from those indices and the final top-k taken over them.
+
     Args:
         q: (D, h, w) query features. first: (D, h, w) or None; first_labels (K, h, w).
-        local_feats / local_labels: lists of (D, h, w) / (K, h, w).
-        radius, window: the local window. chunk: query rows per chunk of the global part.
-        refs_per_call: local references per local_affinity call.
+        local_feats / local_labels: lists of (D, h, w) / (K, h, w) (may be empty).
+        radius, window: the local window (boundary "mask": positions outside the image are excluded).
     Returns:
-        (K, h, w). Memory: O(h w (topk K + refs_per_call P)) plus chunk * h * w for the global part.
+        (K, h, w). Memory: O(h w k (D + K)) beyond the kernels' own O(h w k).
     """
     D, h, w = q.shape
     N = h * w
-    cand_vals, cand_labs = [], []
+    qt = q.flatten(1).T.contiguous()  # (N, D)
+    cand_logits, cand_labels = [], []
     if first is not None:
-        qt = q.flatten(1).T  # (N, D)
-        kf = first.flatten(1)  # (D, N)
-        vf = first_labels.flatten(1).T  # (N, K)
-        k_here = min(topk, N)
-        vals, labs = [], []
-        for s in range(0, N, chunk):
-            logits = (qt[s : s + chunk] @ kf) * scale
-            tv, ti = logits.topk(k_here, dim=1)
-            vals.append(tv)
-            labs.append(vf[ti])
-        cand_vals.append(torch.cat(vals))
-        cand_labs.append(torch.cat(labs))
+        kt = first.flatten(1).T.contiguous()
+        vt = first_labels.flatten(1).T.contiguous()
+        _, _, idx = torch.ops.densecorr.global_attention_fwd(qt[None], kt[None], vt[None], float(scale), min(topk, N), "auto")
+        idx = idx[0]  # (N, k) key indices
+        cand_logits.append(scale * torch.einsum("nkd,nd->nk", kt[idx], qt))
+        cand_labels.append(vt[idx])
     if local_feats:
         from densecorr.reference import window_offsets
 
+        k = torch.stack(list(local_feats))  # (T, D, h, w)
+        v = torch.stack(list(local_labels))  # (T, K, h, w)
+        T, K = k.shape[0], v.shape[1]
         offsets = torch.tensor(window_offsets(radius, window), device=q.device) - radius  # (P, 2) (dy, dx)
         P = offsets.shape[0]
-        ys = torch.arange(h, device=q.device)[:, None]
-        xs = torch.arange(w, device=q.device)[None, :]
-        for s in range(0, len(local_feats), refs_per_call):
-            kc = torch.stack(list(local_feats[s : s + refs_per_call]))  # (T, D, h, w)
-            vc = torch.stack(list(local_labels[s : s + refs_per_call]))  # (T, K, h, w)
-            T, K = kc.shape[0], vc.shape[1]
-            logits = densecorr.local_affinity(q[None], kc[None], radius, scale=scale, normalize=False, boundary="mask", window=window)
-            tv, ti = logits[0].topk(min(topk, T * P), dim=0)  # (k, h, w)
-            ref, pos = ti // P, ti % P
-            yy = (ys + offsets[pos, 0]).clamp(0, h - 1)  # -inf candidates may point outside: clamp, weight 0
-            xx = (xs + offsets[pos, 1]).clamp(0, w - 1)
-            flat_v = vc.permute(0, 2, 3, 1).reshape(T * h * w, K)
-            labs = flat_v[(ref * h + yy) * w + xx]  # (k, h, w, K)
-            cand_vals.append(tv.flatten(1).T)
-            cand_labs.append(labs.reshape(tv.shape[0], N, K).transpose(0, 1))
-    vals = torch.cat(cand_vals, 1)
-    labs = torch.cat(cand_labs, 1)
-    if vals.shape[1] > topk:
-        vals, sel = vals.topk(topk, dim=1)
-        labs = torch.gather(labs, 1, sel[..., None].expand(-1, -1, labs.shape[2]))
-    weights = torch.softmax(vals, dim=1)
-    out = (weights[..., None] * labs).sum(1)  # (N, K)
+        _, _, idx = torch.ops.densecorr.local_attention_fwd(
+            q[None].contiguous(), k[None].contiguous(), v[None].contiguous(), radius, 1, float(scale), "mask", window, min(topk, T * P), "auto"
+        )
+        idx = idx[0].reshape(N, -1)  # (N, k) window positions t * P + p
+        ref, pos = idx // P, idx % P
+        yy = torch.arange(h, device=q.device).repeat_interleave(w)[:, None] + offsets[pos, 0]
+        xx = torch.arange(w, device=q.device).repeat(h)[:, None] + offsets[pos, 1]
+        valid = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)  # only short windows could pick these
+        flat = (ref * h + yy.clamp(0, h - 1)) * w + xx.clamp(0, w - 1)
+        kf = k.permute(0, 2, 3, 1).reshape(T * N, D)[flat]  # (N, k, D)
+        logits = scale * torch.einsum("nkd,nd->nk", kf, qt)
+        cand_logits.append(logits.masked_fill(~valid, float("-inf")))
+        cand_labels.append(v.permute(0, 2, 3, 1).reshape(T * N, K)[flat])
+    logits = torch.cat(cand_logits, 1)
+    labels = torch.cat(cand_labels, 1)
+    if logits.shape[1] > topk:
+        logits, sel = logits.topk(topk, dim=1)
+        labels = torch.gather(labels, 1, sel[..., None].expand(-1, -1, labels.shape[2]))
+    weights = torch.softmax(logits, dim=1)
+    out = (weights[..., None] * labels).sum(1)  # (N, K)
     return out.T.reshape(-1, h, w)
 
 

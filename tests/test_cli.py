@@ -152,7 +152,7 @@ def test_eval_davis_unknown_sequence(tmp_path, capsys):
 
 def test_eval_keypoints_on_the_shipped_sample(tmp_path, capsys):
     out = tmp_path / "kp"
-    code, stdout, err = run(capsys, "eval-keypoints", "--root", sample_root(), "--height", "96", "--protocol", "uvc", "--out", out, "--quiet")
+    code, stdout, err = run(capsys, "eval-keypoints", "--root", sample_root(), "--height", "64", "--protocol", "corrflow", "--out", out, "--quiet")
     assert code == 0, err
     with open(out / "results.json") as f:
         res = json.load(f)

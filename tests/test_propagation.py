@@ -55,10 +55,13 @@ def test_crw_topk_step_is_exact():
     first_lab = torch.rand(K, h, w, generator=g, dtype=torch.float64)
     labs = [torch.rand(K, h, w, generator=g, dtype=torch.float64) for _ in range(3)]
     expected = brute_force_crw(q, first, first_lab, feats, labs, radius=2, topk=5, scale=3.0)
-    # small chunks and two references per call exercise every merge path
-    got = crw_topk_step(q, first, first_lab, feats, labs, radius=2, topk=5, scale=3.0, chunk=5, refs_per_call=2)
+    got = crw_topk_step(q, first, first_lab, feats, labs, radius=2, topk=5, scale=3.0)
     torch.testing.assert_close(got, expected)
     # without a global reference: top-k over the windows only
+    # windows with fewer valid positions than topk (radius 1 at the image border): the
+    # kernels' picks outside the image must not count
+    expected = brute_force_crw(q, first, first_lab, feats[:1], labs[:1], radius=1, topk=7, scale=3.0)
+    torch.testing.assert_close(crw_topk_step(q, first, first_lab, feats[:1], labs[:1], radius=1, topk=7, scale=3.0), expected)
     expected = brute_force_crw(q, None, None, feats, labs, radius=2, topk=5, scale=3.0)
     torch.testing.assert_close(crw_topk_step(q, None, None, feats, labs, radius=2, topk=5, scale=3.0), expected)
 
