@@ -18,7 +18,7 @@ from conftest import assert_close
 if not _ext.has_kernel("global_attention_fwd", "CPU"):
     pytest.skip(f"densecorr._C is not built with CPU kernels ({_ext.EXTENSION_ERROR})", allow_module_level=True)
 
-FUZZ = settings(deadline=None, max_examples=25, derandomize=True)
+FUZZ = settings(deadline=None, max_examples=50, derandomize=True)
 
 
 def _leaves(*shapes, dtype, scale=1.0):

@@ -79,12 +79,23 @@ void global_fwd_topk(const T* q, const T* kpk, const T* v, int64_t vstride, T* o
         const int64_t nb = std::min(kBK, M - j0), nbp = round_up(nb, 2 * W);
         gemm_packed<T>(bq, nbp, D, qb, D, kpb + j0 * D, S.data(), kBK, false);
         for (int64_t i = 0; i < bq; ++i) {
-          const T* row = S.data() + i * kBK;
+          T* row = S.data() + i * kBK;
           TopK<T>& top = tops[i];
-          for (int64_t j = 0; j < nb; ++j) {
-            const T val = row[j] * scale;
-            if (top.wants(val)) top.push(val, j0 + j);
+          scale_row(row, nb, scale);
+          int64_t j = 0;
+          if (top.cut) {  // skip, a vector at a time, the logits that cannot enter
+            const V<T> th = vsplat(top.thresh);
+            for (; j + W <= nb; j += W) {
+              const auto gt = vload(row + j) > th;
+              bool any = false;
+              for (int l = 0; l < W; ++l) any |= gt[l] != 0;
+              if (!any) continue;
+              for (int l = 0; l < W; ++l)
+                if (top.wants(row[j + l])) top.push(row[j + l], j0 + j + l);
+            }
           }
+          for (; j < nb; ++j)
+            if (top.wants(row[j])) top.push(row[j], j0 + j);
         }
       }
       for (int64_t i = 0; i < bq; ++i) {
