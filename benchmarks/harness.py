@@ -243,7 +243,15 @@ def main(argv=None) -> dict:
         for i, case in enumerate(cases):
             log(f"[{i + 1}/{len(cases)}] {case.name}" + (f"  ({case.label})" if case.label else ""))
             rows += measure_case(case, args.providers, args, log)
+            # what is measured so far survives an interrupted run
+            add_ratios(rows)
+            partial = report.assemble(args, [c.to_dict() for c in cases[: i + 1]], rows, started)
+            report.write_all(partial, args.out, args.tag + ".partial", plot_png=False)
         cases = [c.to_dict() for c in cases]
+        for ext in ("json", "csv"):
+            path = os.path.join(args.out, f"{args.tag}.partial.{ext}")
+            if os.path.exists(path):
+                os.remove(path)
     add_ratios(rows)
 
     result = report.assemble(args, cases, rows, started)
