@@ -33,12 +33,7 @@ TINY = {
     "mast": dict(width=8, out_dim=16, radius=2, roi_radius=1, roi_dilation=2),
     "uvc": dict(width=8, out_dim=16, colour_dim=16),
 }
-SIZE = 64  # clip side in tests (pixels)
-
-
-def size_for(model) -> int:
-    """Clip side for a model's tests: 8 x 8 feature cells at stride 4 (32 px), else 64 px."""
-    return 32 if model.stride == 4 else SIZE
+SIZE = 64  # clip side in tests (pixels): 16 x 16 feature cells at stride 4, 8 x 8 at stride 8
 
 
 # ------------------------------------------------------------------------------ data
@@ -137,7 +132,7 @@ def test_config_round_trips(name):
 def test_output_and_embedding_shapes(name):
     torch.manual_seed(0)
     model = tiny_model(name)
-    size = size_for(model)
+    size = SIZE
     clip = clip_from_frames(model.clip_length, size=size)
     out = model(clip)
     assert set(out) == {"loss", *model.weights()}
@@ -169,29 +164,30 @@ def test_bad_clip_is_an_error_naming_the_shape(name):
 def test_optimisation_lowers_the_loss_on_real_frames(name):
     torch.manual_seed(0)
     model = tiny_model(name)
-    clip = clip_from_frames(model.clip_length, size=size_for(model))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    clip = clip_from_frames(model.clip_length, size=SIZE)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def loss_at_fixed_randomness():
         torch.manual_seed(123)  # same crops / channel drops / sampling draws each time
         return model(clip)["loss"]
 
     before = loss_at_fixed_randomness().item()
-    for _ in range(4):
+    for _ in range(6):
         loss = loss_at_fixed_randomness()
         opt.zero_grad()
         loss.backward()
         opt.step()
     after = loss_at_fixed_randomness().item()
     assert math.isfinite(after)
-    assert after < before, (before, after)
+    # At least 5% lower (losses can be negative: CycleTime's inlier term is a reward).
+    assert after < before - 0.05 * abs(before), (before, after)
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_naive_affinity_gives_the_same_loss_and_gradients(name):
     torch.manual_seed(0)
     model = tiny_model(name).double()
-    clip = clip_from_frames(model.clip_length, size=size_for(model), batch=1).double()
+    clip = clip_from_frames(model.clip_length, size=SIZE, batch=1).double()
     results = {}
     for mode in ("densecorr", "naive"):
         model.use_affinity(mode)
