@@ -169,6 +169,11 @@ def test_train_logs_checkpoints_and_periodic_eval(frames_root, tmp_path):
     assert model.stride == 8 and "vidcolor" in desc
     ckpt = load_checkpoint(os.path.join(out, "ckpt-00000008.pt"))
     assert ckpt["train"]["step"] == 8 and ckpt["model"] == "vidcolor"
+    # --export strips the training state and keeps the weights.
+    exported = str(tmp_path / "exported.pt")
+    assert training.main(["--export", os.path.join(out, "ckpt-00000008.pt"), exported]) == 0
+    assert set(torch.load(exported, weights_only=True)) == {"model", "config", "state_dict", "trained"}
+    assert load_model(exported, log=lambda m: None)[0].stride == 8
     final = torch.load(os.path.join(out, "model.pt"), weights_only=True)
     for k, v in final["state_dict"].items():
         assert torch.equal(v, ckpt["state_dict"][k]), k
