@@ -276,3 +276,17 @@ def test_local_attention_fuzz(case):
     q, k, v = torch.randn(1, D, H, W, generator=g), torch.randn(1, T, D, H, W, generator=g), torch.randn(1, T, C, H, W, generator=g)
     _compare(densecorr.local_attention, (q, k, v), torch.float32, radius=radius, dilation=dilation, scale=1.2,
              boundary=boundary, window=window, topk=topk)
+
+
+def test_kernels_compile_for_sm90():
+    """The GPU compiler (Triton -> PTX -> cubin with triton's own ptxas; no GPU needed)
+    accepts the forward kernels in the configurations the wrappers launch, within sm_90's
+    shared memory. `python -m densecorr.triton.compile_check` compiles every kernel and
+    configuration (minutes); this keeps to the first configuration of the forward kernels."""
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-m", "densecorr.triton.compile_check", "--quick", "--first",
+                          "--only", "_fwd_kernel,_topk_fwd_kernel", "--jobs", "2"],
+                         env=env, capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    assert "0 failed" in run.stdout
