@@ -2,9 +2,9 @@
 //
 // Shapes (per batch b; batch strides are the products of the trailing sizes unless given):
 //   q (N, D), k (M, D), v (M, C): the caller's contiguous tensors;
-//   kt (D, Mp): keys transposed, zero-padded to Mp = round_up(M, W) columns;
-//   kpk (Mq / 2W, D, 2W): keys transposed and packed in panels of 2W, Mq = round_up(M, 2W);
-//   vp (Mp, Cp): values zero-padded to Cp = round_up(C, W) columns;
+//   kpk (Mq / 2W, D, 2W): keys transposed, packed in panels of 2W, Mq = round_up(M, 2W)
+//   (forward); kt (D, Mp), Mp = round_up(M, W): keys transposed (backward);
+//   vp (Mq, Cp): values zero-padded to Cp = round_up(C, W) columns (forward);
 //   out (N, C), lse (N) (log-sum-exp of the scaled logits that entered the softmax),
 //   idx (N, topk).
 // Grid: at::parallel_for over B x ceil(N / BQ) query blocks (forward) and over B x G fixed
@@ -22,13 +22,13 @@ template <typename T>
 void global_fwd_dense(const T* q, const T* kpk, const T* vp, int64_t vstride, T* out, T* lse, int64_t B, int64_t N,
                       int64_t M, int64_t D, int64_t C, T scale) {
   constexpr int W = Vec<T>::W;
-  const int64_t Mp = round_up(M, 2 * W), Cp = round_up(C, W), nqb = ceil_div(N, kBQ);
+  const int64_t Mq = round_up(M, 2 * W), Cp = round_up(C, W), nqb = ceil_div(N, kBQ);
   at::parallel_for(0, B * nqb, grain_for(kBQ * M * (D + C)), [&](int64_t begin, int64_t end) {
     std::vector<T> S(kBQ * kBK), O(kBQ * Cp), m(kBQ), l(kBQ);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nqb, i0 = (task % nqb) * kBQ, bq = std::min(kBQ, N - i0);
       const T* qb = q + (b * N + i0) * D;
-      const T* kpb = kpk + b * D * round_up(M, 2 * W);
+      const T* kpb = kpk + b * D * Mq;
       const T* vpb = vp + b * vstride;
       std::fill(O.begin(), O.end(), T(0));
       std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());

@@ -206,7 +206,7 @@ void local_attention_fwd_k(const Window& g, const T* q, const T* k, const T* v, 
   const int64_t H = g.H, W = g.W, HW = st.HW, Tn = g.T, P = g.P, ns = st.nstrip, nmax = 2 * g.r + 1;
   at::parallel_for(0, B * H, grain_for(W * Tn * P * (D + C)), [&](int64_t begin, int64_t end) {
     std::vector<T> qrow(D * st.Wq, T(0)), krow(D * st.Wk, T(0)), vrow(C * st.Wk, T(0));
-    std::vector<T> tile(nmax * std::max(D, C) * L), vals(C), pk(std::max<int64_t>(topk, 1));
+    std::vector<T> tile(nmax * std::max(D, C) * L), vals(C);
     VBuf<T> S(nmax), m(ns), l(ns), acc(ns * C), thr(ns);
     std::vector<Cand<T>> cands(W * 2 * topk);
     for (int64_t task = begin; task < end; ++task) {
