@@ -211,7 +211,8 @@ def test_large_logits_are_finite():
 
 
 def test_deterministic():
-    """Two runs give bit-identical outputs and gradients (no atomics, fixed reduction order)."""
+    """Two runs, and runs on 1 or all threads, give bit-identical outputs and gradients (no
+    atomics; reductions in a fixed order)."""
     q, k, v = _leaves((2, 300, 16), (2, 250, 16), (2, 250, 5), dtype=torch.float32)
     ql, kl, vl = _leaves((1, 8, 20, 23), (1, 2, 8, 20, 23), (1, 2, 4, 20, 23), dtype=torch.float32)
     cases = [
@@ -220,10 +221,17 @@ def test_deterministic():
         (lambda q, k, v, backend: densecorr.local_attention(q, k, v, 3, backend=backend), (ql, kl, vl)),
         (lambda q, k, v, backend: densecorr.local_attention(q, k, v, 2, topk=5, backend=backend), (ql, kl, vl)),
     ]
+    threads = torch.get_num_threads()
     for fn, xs in cases:
         a, ga = _run(fn, xs, "cpu")
         b, gb = _run(fn, xs, "cpu")
         assert torch.equal(a, b) and all(torch.equal(x, y) for x, y in zip(ga, gb))
+        try:  # the work split does not depend on the thread count either
+            torch.set_num_threads(1)
+            c, gc = _run(fn, xs, "cpu")
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(a, c) and all(torch.equal(x, y) for x, y in zip(ga, gc))
 
 
 def test_baseline_simd_variant(monkeypatch):
