@@ -99,7 +99,7 @@ def assemble(args, cases: list[dict], rows: list[dict], started: float) -> dict:
         "elapsed_s": round(datetime.datetime.now().timestamp() - started, 1),
         "settings": {
             "suite": args.suite, "quick": args.quick, "repeats": args.repeats, "modes": args.modes,
-            "device": args.device, "dtype": args.dtype, "memory_budget_gib": round(args.memory_budget_gib, 1),
+            "device": args.device, "dtype": args.dtype, "worker_threads": args.threads, "memory_budget_gib": round(args.memory_budget_gib, 1),
             "statistic": "median over repeats; providers alternate, order rotated each repeat",
             "memory": "CUDA: torch.cuda.max_memory_allocated growth" if args.device.startswith("cuda")
             else "peak RSS growth in a fresh process per (case, provider, mode)",
@@ -212,3 +212,21 @@ def write_all(result: dict, out_dir: str, tag: str, plot_png: bool = True) -> li
     if plot_png and plot(result["results"], stem + ".png"):
         paths.append(stem + ".png")
     return paths
+
+
+def main(argv=None):
+    """`python -m benchmarks.report FILE.json...`: the table of earlier runs, one after another."""
+    import sys
+
+    for path in (sys.argv[1:] if argv is None else argv):
+        with open(path) as f:
+            doc = json.load(f)
+        m, s = doc["machine"], doc["settings"]
+        print(f"{path}: {doc['date']}, {m['cpu']} ({m['cores']} cores, load {m.get('load_average')}), "
+              f"torch {m['torch']}, repeats {s['repeats']}, modes {','.join(s['modes'])}")
+        print(format_table(doc["results"]))
+        print()
+
+
+if __name__ == "__main__":
+    main()
