@@ -74,6 +74,48 @@ inline void wsum(int64_t n, int64_t R, const V<T>* w, const T* kb, int64_t ixs, 
   for (; j + kChunk <= n; j += kChunk) wsum_nc<T, kChunk>(R, w + j, kb + j * ixs, ixs, ldk, acc);
   if (j < n) wsum_tail<T>(n - j, R, w + j, kb + j * ixs, ixs, ldk, acc);
 }
+// Two query rows against the same key cells (k loaded once for both):
+// S0[j] = sum_r a0[r*lda] * kb[j*ixs + r*ldk], S1[j] likewise with a1, j < NC.
+template <typename T, int NC>
+inline void dots2_nc(int64_t R, const T* a0, const T* a1, int64_t lda, const T* kb, int64_t ixs, int64_t ldk,
+                     V<T>* S0, V<T>* S1) {
+  V<T> c0[NC], c1[NC];
+  for (int j = 0; j < NC; ++j) c0[j] = c1[j] = V<T>{};
+  for (int64_t r = 0; r < R; ++r) {
+    const V<T> x0 = vload(a0 + r * lda), x1 = vload(a1 + r * lda);
+    const T* kr = kb + r * ldk;
+    for (int j = 0; j < NC; ++j) {
+      V<T> kv = vload(kr + j * ixs);
+#if defined(__AVX__)
+      asm("" : "+x"(kv));  // keep kv in a register: GCC would fold (and repeat) the load into both FMAs
+#endif
+      c0[j] += x0 * kv;
+      c1[j] += x1 * kv;
+    }
+  }
+  for (int j = 0; j < NC; ++j) {
+    S0[j] = c0[j];
+    S1[j] = c1[j];
+  }
+}
+constexpr int kChunk2 = 6;  // 2 x 6 accumulators + 2 query vectors + 1 key vector
+template <typename T, int NC = kChunk2 - 1>
+inline void dots2_tail(int64_t m, int64_t R, const T* a0, const T* a1, int64_t lda, const T* kb, int64_t ixs,
+                       int64_t ldk, V<T>* S0, V<T>* S1) {
+  if constexpr (NC >= 1) {
+    if (m == NC) dots2_nc<T, NC>(R, a0, a1, lda, kb, ixs, ldk, S0, S1);
+    else dots2_tail<T, NC - 1>(m, R, a0, a1, lda, kb, ixs, ldk, S0, S1);
+  }
+}
+template <typename T>
+inline void dots2(int64_t n, int64_t R, const T* a0, const T* a1, int64_t lda, const T* kb, int64_t ixs, int64_t ldk,
+                  V<T>* S0, V<T>* S1) {
+  int64_t j = 0;
+  for (; j + kChunk2 <= n; j += kChunk2)
+    dots2_nc<T, kChunk2>(R, a0, a1, lda, kb + j * ixs, ixs, ldk, S0 + j, S1 + j);
+  if (j < n) dots2_tail<T>(n - j, R, a0, a1, lda, kb + j * ixs, ixs, ldk, S0 + j, S1 + j);
+}
+
 // dst[j*ixs + r*ldd] += w[j] * src[r*lds] (vectors), j < n, r < R.
 template <typename T>
 inline void scatter(int64_t n, int64_t R, const V<T>* w, const T* src, int64_t lds, T* dst, int64_t ixs, int64_t ldd) {
@@ -198,9 +240,124 @@ constexpr T neg_inf() {
 
 // ---------------------------------------------------------------------------- local_attention
 
+// local_attention forward without top-k. A task is a pair of query rows on the same dilation
+// sub-grid (y, y + dil): their windows share most key rows, and for a shared row (same cells)
+// one pass over the keys serves both (dots2: half the key loads). Per row and strip the
+// online-softmax state (m, l, C accumulators) folds in one window row of cells at a time, in
+// window order, exactly as a single row would.
+template <typename T>
+void local_attention_fwd_pairs(const Window& g, const T* q, const T* k, const T* v, T* out, T* lse, int64_t B,
+                               int64_t D, int64_t C, T scale) {
+  const Strips<T> st(g);
+  constexpr int L = Strips<T>::L;
+  const int64_t H = g.H, W = g.W, HW = st.HW, Tn = g.T, P = g.P, ns = st.nstrip, nmax = 2 * g.r + 1;
+  std::vector<int64_t> first, second;  // the task's rows (second = -1: a single row)
+  for (int64_t res = 0; res < std::min(g.dil, H); ++res)
+    for (int64_t y = res; y < H; y += 2 * g.dil) {
+      first.push_back(y);
+      second.push_back(y + g.dil < H ? y + g.dil : -1);
+    }
+  const int64_t npair = first.size();
+  at::parallel_for(0, B * npair, grain_for(2 * W * Tn * P * (D + C)), [&](int64_t begin, int64_t end) {
+    std::vector<T> qrow(2 * D * st.Wq, T(0)), krow(D * st.Wk, T(0)), vrow(C * st.Wk, T(0));
+    std::vector<T> tile(nmax * std::max(D, C) * L);
+    VBuf<T> S(2 * nmax), m(2 * ns), l(2 * ns), acc(2 * ns * C);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / npair, pr = task % npair;
+      const int64_t rows[2] = {first[pr], second[pr]}, nrow = rows[1] >= 0 ? 2 : 1;
+      for (int64_t i = 0; i < nrow; ++i)
+        pack_rows(qrow.data() + i * D * st.Wq, st.Wq, 0, q + b * D * HW + rows[i] * W, HW, D, W);
+      m.fill(vsplat(neg_inf<T>()), 2 * ns);
+      l.fill(V<T>{}, 2 * ns);
+      acc.fill(V<T>{}, 2 * ns * C);
+      int64_t nzero[2] = {0, 0};  // "zero": cells of out-of-image rows (logit 0, value 0)
+      int64_t ky0 = g.start_y[rows[0]], ky1 = ky0 + 2 * g.r * g.dil;
+      if (nrow == 2) {
+        ky0 = std::min(ky0, g.start_y[rows[1]]);
+        ky1 = std::max(ky1, g.start_y[rows[1]] + 2 * g.r * g.dil);
+      }
+      for (int64_t t = 0; t < Tn; ++t) {
+        for (int64_t ky = ky0; ky <= ky1; ++ky) {
+          int64_t iy[2] = {-1, -1};
+          for (int64_t i = 0; i < nrow; ++i) {
+            const int64_t off = ky - g.start_y[rows[i]];
+            if (off >= 0 && off % g.dil == 0 && off / g.dil <= 2 * g.r) iy[i] = off / g.dil;
+          }
+          if (iy[0] < 0 && iy[1] < 0) continue;
+          if (!g.row_inside(ky)) {
+            if (g.boundary == Boundary::Zero)
+              for (int64_t i = 0; i < nrow; ++i)
+                if (iy[i] >= 0) nzero[i] += st.cells(iy[i]);
+            continue;
+          }
+          pack_rows(krow.data(), st.Wk, st.pad, k + (b * Tn + t) * D * HW + ky * W, HW, D, W);
+          pack_rows(vrow.data(), st.Wk, st.pad, v + (b * Tn + t) * C * HW + ky * W, HW, C, W);
+          const bool joint = iy[0] >= 0 && iy[1] >= 0 && g.lo[iy[0]] == g.lo[iy[1]] && g.hi[iy[0]] == g.hi[iy[1]];
+          for (int64_t s = 0; s < ns; ++s) {
+            const int64_t x0 = s * L;
+            if (joint) {
+              const auto ka = st.access(krow.data(), D, s, iy[0], tile.data());
+              dots2(st.cells(iy[0]), D, qrow.data() + x0, qrow.data() + D * st.Wq + x0, st.Wq, ka.base, ka.ixs, ka.ld,
+                    S.data(), S.data() + nmax);
+            }
+            for (int64_t i = 0; i < nrow; ++i) {
+              if (iy[i] < 0) continue;
+              const int64_t n = st.cells(iy[i]);
+              V<T>* Si = S.data() + i * nmax;
+              if (!joint) {
+                const auto ka = st.access(krow.data(), D, s, iy[i], tile.data());
+                dots(n, D, qrow.data() + i * D * st.Wq + x0, st.Wq, ka.base, ka.ixs, ka.ld, Si);
+              }
+              for (int64_t j = 0; j < n; ++j) Si[j] *= scale;
+              st.mask_cols(Si, n, s, iy[i], neg_inf<T>());
+              // Online softmax: fold this window row into the strip's (m, l, acc).
+              V<T>& mi = m[i * ns + s];
+              V<T>& li = l[i * ns + s];
+              V<T> mx = Si[0];
+              for (int64_t j = 1; j < n; ++j) mx = vmax(mx, Si[j]);
+              const V<T> m_new = vmax(mi, mx);
+              const V<T> m_use = m_new == neg_inf<T>() ? V<T>{} : m_new;  // all -inf so far: avoid inf - inf
+              const V<T> alpha = vexp(mi - m_use);
+              V<T> sum{};
+              for (int64_t j = 0; j < n; ++j) sum += (Si[j] = vexp(Si[j] - m_use));
+              li = li * alpha + sum;
+              mi = m_new;
+              V<T>* a = acc.data() + (i * ns + s) * C;
+              for (int64_t c = 0; c < C; ++c) a[c] *= alpha;
+              const auto va = st.access(vrow.data(), C, s, iy[i], tile.data());
+              wsum(n, C, Si, va.base, va.ixs, va.ld, a);
+            }
+          }
+        }
+      }
+      for (int64_t i = 0; i < nrow; ++i) {
+        const int64_t y = rows[i], row = (b * H + y) * W;
+        for (int64_t s = 0; s < ns; ++s) {
+          V<T>& mi = m[i * ns + s];
+          V<T>& li = l[i * ns + s];
+          V<T>* a = acc.data() + (i * ns + s) * C;
+          if (nzero[i] > 0) {  // the "zero" cells outside the image, all at logit 0
+            const V<T> m_new = vmax(mi, V<T>{});
+            const V<T> alpha = vexp(mi - m_new);
+            li = li * alpha + T(nzero[i]) * vexp(-m_new);
+            for (int64_t c = 0; c < C; ++c) a[c] *= alpha;
+            mi = m_new;
+          }
+          const V<T> inv = T(1) / li;
+          for (int64_t c = 0; c < C; ++c) st.store(out + (b * C + c) * HW + y * W + s * L, a[c] * inv, s);
+          V<T> ls;
+          for (int z = 0; z < L; ++z) ls[z] = mi[z] + std::log(li[z]);
+          st.store(lse + row + s * L, ls, s);
+        }
+      }
+    }
+  });
+}
+
 template <typename T>
 void local_attention_fwd_k(const Window& g, const T* q, const T* k, const T* v, T* out, T* lse, int64_t* idx,
                            int64_t B, int64_t D, int64_t C, T scale, int64_t topk) {
+  if (topk == 0) return local_attention_fwd_pairs(g, q, k, v, out, lse, B, D, C, scale);
   const Strips<T> st(g);
   constexpr int L = Strips<T>::L;
   const int64_t H = g.H, W = g.W, HW = st.HW, Tn = g.T, P = g.P, ns = st.nstrip, nmax = 2 * g.r + 1;
