@@ -354,6 +354,9 @@ void local_attention_fwd_pairs(const Window& g, const T* q, const T* k, const T*
   });
 }
 
+// local_attention forward; with top-k, a running top-k per pixel over its T*P window cells
+// (vector pre-check against the per-lane thresholds), then the softmax over the kept cells and
+// the weighted sum of their values, gathered.
 template <typename T>
 void local_attention_fwd_k(const Window& g, const T* q, const T* k, const T* v, T* out, T* lse, int64_t* idx,
                            int64_t B, int64_t D, int64_t C, T scale, int64_t topk) {
@@ -362,110 +365,64 @@ void local_attention_fwd_k(const Window& g, const T* q, const T* k, const T* v, 
   constexpr int L = Strips<T>::L;
   const int64_t H = g.H, W = g.W, HW = st.HW, Tn = g.T, P = g.P, ns = st.nstrip, nmax = 2 * g.r + 1;
   at::parallel_for(0, B * H, grain_for(W * Tn * P * (D + C)), [&](int64_t begin, int64_t end) {
-    std::vector<T> qrow(D * st.Wq, T(0)), krow(D * st.Wk, T(0)), vrow(C * st.Wk, T(0));
-    std::vector<T> tile(nmax * std::max(D, C) * L), vals(C);
-    VBuf<T> S(nmax), m(ns), l(ns), acc(ns * C), thr(ns);
+    std::vector<T> qrow(D * st.Wq, T(0)), krow(D * st.Wk, T(0)), tile(nmax * D * L), vals(C);
+    VBuf<T> S(nmax), thr(ns);
     std::vector<Cand<T>> cands(W * 2 * topk);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / H, y = task % H;
       pack_rows(qrow.data(), st.Wq, 0, q + b * D * HW + y * W, HW, D, W);
-      m.fill(vsplat(neg_inf<T>()), ns);
-      l.fill(V<T>{}, ns);
-      acc.fill(V<T>{}, ns * C);
       thr.fill(vsplat(neg_inf<T>()), ns);
       std::vector<TopK<T>> tops;
-      if (topk > 0)
-        for (int64_t x = 0; x < W; ++x) tops.emplace_back(cands.data() + x * 2 * topk, topk);
-      int64_t nzero = 0;  // "zero": cells of out-of-image rows (logit 0, value 0)
+      for (int64_t x = 0; x < W; ++x) tops.emplace_back(cands.data() + x * 2 * topk, topk);
       for (int64_t t = 0; t < Tn; ++t) {
         for (int64_t iy = 0; iy <= 2 * g.r; ++iy) {
           const int64_t ky = st.key_row(y, iy), n = st.cells(iy), pbase = t * P + g.row_base[iy];
-          if (!g.row_inside(ky)) {
-            if (topk > 0) {
-              const T val = g.boundary == Boundary::Zero ? T(0) : neg_inf<T>();
-              for (int64_t x = 0; x < W; ++x)
-                for (int64_t j = 0; j < n && tops[x].wants(val); ++j) tops[x].push(val, pbase + j);
-            } else if (g.boundary == Boundary::Zero) {
-              nzero += n;
-            }
+          if (!g.row_inside(ky)) {  // logit 0 ("zero") or -inf ("mask") for the whole row
+            const T val = g.boundary == Boundary::Zero ? T(0) : neg_inf<T>();
+            for (int64_t x = 0; x < W; ++x)
+              for (int64_t j = 0; j < n && tops[x].wants(val); ++j) tops[x].push(val, pbase + j);
             continue;
           }
           pack_rows(krow.data(), st.Wk, st.pad, k + (b * Tn + t) * D * HW + ky * W, HW, D, W);
-          if (topk == 0) pack_rows(vrow.data(), st.Wk, st.pad, v + (b * Tn + t) * C * HW + ky * W, HW, C, W);
           for (int64_t s = 0; s < ns; ++s) {
             const int64_t x0 = s * L;
             const auto ka = st.access(krow.data(), D, s, iy, tile.data());
             dots(n, D, qrow.data() + x0, st.Wq, ka.base, ka.ixs, ka.ld, S.data());
             for (int64_t j = 0; j < n; ++j) S[j] *= scale;
             st.mask_cols(S.data(), n, s, iy, neg_inf<T>());
-            if (topk > 0) {
-              typename Vec<T>::itype any{};
-              for (int64_t j = 0; j < n; ++j) any |= (S[j] > thr[s]) | (thr[s] == neg_inf<T>());
-              bool hit = false;
-              for (int i = 0; i < L; ++i) hit |= any[i] != 0;
-              if (!hit) continue;
-              const int64_t nl = st.lanes(s);
-              for (int64_t li = 0; li < nl; ++li) {
-                TopK<T>& tp = tops[x0 + li];
-                for (int64_t j = 0; j < n; ++j)
-                  if (tp.wants(S[j][li])) tp.push(S[j][li], pbase + j);
-                thr[s][li] = tp.cut ? tp.thresh : neg_inf<T>();
-              }
-              continue;
+            typename Vec<T>::itype any{};
+            for (int64_t j = 0; j < n; ++j) any |= (S[j] > thr[s]) | (thr[s] == neg_inf<T>());
+            bool hit = false;
+            for (int i = 0; i < L; ++i) hit |= any[i] != 0;
+            if (!hit) continue;
+            const int64_t nl = st.lanes(s);
+            for (int64_t li = 0; li < nl; ++li) {
+              TopK<T>& tp = tops[x0 + li];
+              for (int64_t j = 0; j < n; ++j)
+                if (tp.wants(S[j][li])) tp.push(S[j][li], pbase + j);
+              thr[s][li] = tp.cut ? tp.thresh : neg_inf<T>();
             }
-            // Online softmax: fold this window row into the strip's (m, l, acc).
-            V<T> mx = S[0];
-            for (int64_t j = 1; j < n; ++j) mx = vmax(mx, S[j]);
-            const V<T> m_new = vmax(m[s], mx);
-            const V<T> m_use = m_new == neg_inf<T>() ? V<T>{} : m_new;  // all -inf so far: avoid inf - inf
-            const V<T> alpha = vexp(m[s] - m_use);
-            V<T> sum{};
-            for (int64_t j = 0; j < n; ++j) sum += (S[j] = vexp(S[j] - m_use));
-            l[s] = l[s] * alpha + sum;
-            m[s] = m_new;
-            V<T>* a = acc.data() + s * C;
-            for (int64_t c = 0; c < C; ++c) a[c] *= alpha;
-            const auto va = st.access(vrow.data(), C, s, iy, tile.data());
-            wsum(n, C, S.data(), va.base, va.ixs, va.ld, a);
           }
         }
       }
       const int64_t row = (b * H + y) * W;
-      if (topk > 0) {
-        for (int64_t x = 0; x < W; ++x) {
-          const int64_t n = tops[x].finish();
-          const Cand<T>* c = tops[x].buf;
-          const T mx = c[0].v;
-          T sum = 0;
-          std::fill(vals.begin(), vals.end(), T(0));
-          for (int64_t j = 0; j < n; ++j) {
-            const T p = std::exp(c[j].v - mx);
-            sum += p;
-            const int64_t t = c[j].i / P, pp = c[j].i % P;
-            const int64_t ky = g.start_y[y] + g.pos_iy[pp] * g.dil, kx = g.start_x[x] + g.pos_ix[pp] * g.dil;
-            if (g.row_inside(ky) && g.col_inside(kx))
-              for (int64_t cc = 0; cc < C; ++cc) vals[cc] += p * v[((b * Tn + t) * C + cc) * HW + ky * W + kx];
-            idx[(row + x) * topk + j] = c[j].i;
-          }
-          for (int64_t cc = 0; cc < C; ++cc) out[(b * C + cc) * HW + y * W + x] = vals[cc] / sum;
-          lse[row + x] = mx + std::log(sum);
+      for (int64_t x = 0; x < W; ++x) {
+        const int64_t n = tops[x].finish();
+        const Cand<T>* c = tops[x].buf;
+        const T mx = c[0].v;
+        T sum = 0;
+        std::fill(vals.begin(), vals.end(), T(0));
+        for (int64_t j = 0; j < n; ++j) {
+          const T p = std::exp(c[j].v - mx);
+          sum += p;
+          const int64_t t = c[j].i / P, pp = c[j].i % P;
+          const int64_t ky = g.start_y[y] + g.pos_iy[pp] * g.dil, kx = g.start_x[x] + g.pos_ix[pp] * g.dil;
+          if (g.row_inside(ky) && g.col_inside(kx))  // else a "zero" cell (value 0) or excluded (p = 0)
+            for (int64_t cc = 0; cc < C; ++cc) vals[cc] += p * v[((b * Tn + t) * C + cc) * HW + ky * W + kx];
+          idx[(row + x) * topk + j] = c[j].i;
         }
-        continue;
-      }
-      for (int64_t s = 0; s < ns; ++s) {
-        V<T>* a = acc.data() + s * C;
-        if (nzero > 0) {  // the "zero" cells outside the image, all at logit 0
-          const V<T> m_new = vmax(m[s], V<T>{});
-          const V<T> alpha = vexp(m[s] - m_new);
-          l[s] = l[s] * alpha + T(nzero) * vexp(-m_new);
-          for (int64_t c = 0; c < C; ++c) a[c] *= alpha;
-          m[s] = m_new;
-        }
-        const V<T> inv = T(1) / l[s];
-        for (int64_t c = 0; c < C; ++c) st.store(out + (b * C + c) * HW + y * W + s * L, a[c] * inv, s);
-        V<T> ls;
-        for (int i = 0; i < L; ++i) ls[i] = m[s][i] + std::log(l[s][i]);
-        st.store(lse + row + s * L, ls, s);
+        for (int64_t cc = 0; cc < C; ++cc) out[(b * C + cc) * HW + y * W + x] = vals[cc] / sum;
+        lse[row + x] = mx + std::log(sum);
       }
     }
   });
