@@ -30,6 +30,9 @@ or from Python: `train(preset("mast", "cpu"), out="runs/mast")`.
   "train": optimiser, scheduler, scaler, step, RNG states of every rank, the TrainConfig.
   `OUT/model.pt` (weights only) is written at the end.
 - Periodic J&F on DAVIS (`eval_every`, a few sequences/frames at reduced height).
+- Resuming uses the TrainConfig given now (so `steps`, the schedule or the data can change
+  between phases); state that counts forward passes inside a model (CorrFlow's scheduled
+  sampling) advances once per micro-batch.
 
 Training data: DAVIS-2016 (CC BY-NC 4.0, Perazzi et al., CVPR 2016) when the default is used.
 """
