@@ -110,7 +110,7 @@ def test_track_bad_input(tmp_path, capsys, case, message):
     elif case == "model":
         args["extra"] = ["--model", "no-such-model"]
     elif case == "checkpoint":
-        (tmp_path / "broken.pt").write_bytes(b"\x80\x04 not a checkpoint")
+        (tmp_path / "broken.pt").write_bytes(b"PK\x03\x04 a truncated zip, not a checkpoint")
         args["extra"] = ["--model", tmp_path / "broken.pt"]
     elif case == "corrupt_frame":
         (tmp_path / "frames" / "00002.png").write_bytes(b"\x89PNG truncated")
