@@ -230,10 +230,17 @@ def main(argv=None) -> dict:
         print(msg, flush=True)
 
     started = time.time()
+
+    def save_partial(rows, cases):
+        """What is measured so far survives an interrupted run."""
+        add_ratios(rows)
+        report.write_all(report.assemble(args, cases, rows, started), args.out, args.tag + ".partial", plot_png=False)
+
     if args.suite == "models":
         from benchmarks import models_bench
 
-        rows, cases = models_bench.run(args, log), models_bench.cases_as_dicts()
+        cases = models_bench.cases_as_dicts()
+        rows = models_bench.run(args, log, lambda rows: save_partial(rows, cases))
     else:
         cases = cases_for(args.suite, quick=args.quick)
         if args.cases:
@@ -243,15 +250,12 @@ def main(argv=None) -> dict:
         for i, case in enumerate(cases):
             log(f"[{i + 1}/{len(cases)}] {case.name}" + (f"  ({case.label})" if case.label else ""))
             rows += measure_case(case, args.providers, args, log)
-            # what is measured so far survives an interrupted run
-            add_ratios(rows)
-            partial = report.assemble(args, [c.to_dict() for c in cases[: i + 1]], rows, started)
-            report.write_all(partial, args.out, args.tag + ".partial", plot_png=False)
+            save_partial(rows, [c.to_dict() for c in cases[: i + 1]])
         cases = [c.to_dict() for c in cases]
-        for ext in ("json", "csv"):
-            path = os.path.join(args.out, f"{args.tag}.partial.{ext}")
-            if os.path.exists(path):
-                os.remove(path)
+    for ext in ("json", "csv"):
+        path = os.path.join(args.out, f"{args.tag}.partial.{ext}")
+        if os.path.exists(path):
+            os.remove(path)
     add_ratios(rows)
 
     result = report.assemble(args, cases, rows, started)

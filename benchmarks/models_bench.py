@@ -119,14 +119,18 @@ def time_job(job: dict) -> dict:
     return {"providers": res, "threads": torch.get_num_threads()}
 
 
-def run(args, log) -> list[dict]:
-    """Rows of the models suite (mode "full": a whole training step)."""
+def run(args, log, save_partial=None) -> list[dict]:
+    """Rows of the models suite (mode "full": a whole training step); `save_partial(rows)` is
+    called after each model. `args.cases` (substrings) selects models."""
     from benchmarks.harness import MEMORY_ENV, MiB, _row, run_worker
 
     rows = []
     budget = int(args.memory_budget_gib * 2**30)
+    keys = [c.strip() for c in (args.cases or "").split(",") if c.strip()]
     for model in MODELS:
         name = case_name(model)
+        if keys and not any(k in name for k in keys):
+            continue
         log(f"[models] {name}")
         case = dict(case=name, kind="model", family=None, size=SIZE * SIZE, label=f"{model}: densecorr ops vs affinity='naive'")
         common = dict(model=model, device=args.device, budget_bytes=budget, threads=args.threads)
@@ -148,6 +152,8 @@ def run(args, log) -> list[dict]:
                     else "peak RSS growth of a step in the timing process (VmHWM reset), median"
                 )
             rows.append(row)
+        if save_partial is not None:
+            save_partial(rows)
         losses = [r.get("first_loss") for r in rows[-2:]]
         if all(isinstance(x, float) for x in losses):
             log(f"  first-step loss densecorr {losses[0]:.6f}, naive {losses[1]:.6f}")

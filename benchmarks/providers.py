@@ -142,7 +142,8 @@ def naive_topk(case, device):
 
 def sdpa_padded(case, device):
     """scaled_dot_product_attention with V zero-padded to D (its kernels need equal widths on
-    CPU), the output cut back to C channels."""
+    CPU), the output cut back to C channels. Inputs as (B, heads=1, N, D): with 3-D inputs the
+    CPU dispatch falls back to the math path, which materialises N x M."""
 
     def fn(q, k, v):
         D, C = q.shape[-1], v.shape[-1]
@@ -150,7 +151,8 @@ def sdpa_padded(case, device):
             v = F.pad(v, (0, D - C))
         elif C > D:  # zero channels leave the logits unchanged
             q, k = F.pad(q, (0, C - D)), F.pad(k, (0, C - D))
-        return F.scaled_dot_product_attention(q, k, v, scale=case.scale)[..., :C]
+        out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=case.scale)
+        return out[:, 0, :, :C]
 
     return fn
 
