@@ -25,7 +25,7 @@ def _extensions():
     import torch
     from torch.utils import cpp_extension
 
-    cxx = ["-O3", "-std=c++20", "-fopenmp"] + os.environ.get("DENSECORR_CXX_FLAGS", "").split()
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wno-psabi"] + os.environ.get("DENSECORR_CXX_FLAGS", "").split()
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     cuda_sources = _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
     with_cuda = torch.version.cuda is not None and shutil.which("nvcc") is not None and (

@@ -2,6 +2,8 @@
 // Importing the module loads the library, which registers the kernel ops (densecorr.cpp).
 #include <torch/extension.h>
 
+#include "cpu/common.h"
+
 namespace {
 // What this build contains, for densecorr.build_info() (not an op: plain pybind11).
 pybind11::dict build_info() {
@@ -17,6 +19,8 @@ pybind11::dict build_info() {
   info["openmp"] = false;
 #endif
   info["cpu_capability"] = at::get_cpu_capability();
+  // The CPU kernels are compiled for AVX2+FMA and baseline x86-64; which one runs now.
+  info["cpu_simd"] = densecorr_cpu::use_avx2() ? "avx2" : "base";
   info["compiler"] =
 #if defined(__clang__)
       std::string("clang ") + __clang_version__;

@@ -85,6 +85,8 @@ def refusal(backend: str, name: str, tensors: Sequence[torch.Tensor], explicit: 
             return problem
         if name not in _PYTHON_KERNELS or "triton" not in _PYTHON_KERNELS[name]:
             return f"no Triton kernel for {name}"
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            return f"the triton kernels take float32/float16/bfloat16, not {dtype}"
         if device == "cpu":
             if os.environ.get("TRITON_INTERPRET") != "1":
                 return "CPU tensors need TRITON_INTERPRET=1 for the Triton backend"

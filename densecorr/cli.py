@@ -386,7 +386,20 @@ def cmd_eval_keypoints(args) -> int:
 
 # --------------------------------------------------------------------------- main
 
-SUBCOMMANDS = [add_track, add_eval_davis, add_eval_keypoints]
+def add_train(sub) -> None:
+    # Options belong to densecorr.training's own parser (also used by examples/train.py).
+    # main() hands it every argument after "train".
+    p = sub.add_parser("train", add_help=False, help="train a model on unlabelled video (densecorr train --help)")
+    p.set_defaults(func=cmd_train, forwards_arguments=True)
+
+
+def cmd_train(args, rest: list[str]) -> int:
+    from densecorr import training
+
+    return training.main(rest, prog="densecorr train")
+
+
+SUBCOMMANDS = [add_track, add_eval_davis, add_eval_keypoints, add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -401,7 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `densecorr` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "forwards_arguments", False):
+        return args.func(args, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.func(args)
     except DataError as exc:

@@ -170,3 +170,14 @@ def test_help_lists_subcommands(capsys):
     out = capsys.readouterr().out
     for name in ("track", "eval-davis", "eval-keypoints"):
         assert name in out
+
+
+def test_train_subcommand_forwards_to_the_training_parser(capsys):
+    from densecorr import cli
+
+    assert cli.main(["train", "--model", "corrflow", "--preset", "cpu", "--print-config"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["model"] == "corrflow"
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["eval-davis", "--no-such-option"])
+    assert exc.value.code == 2
