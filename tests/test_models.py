@@ -1,9 +1,8 @@
 """Tests of densecorr.models: every registered model, on tiny configs and a few real frames.
 
-Frames come from `clip_from_frames`, which reads a short clip of real video from the first
-data folder found: $DENSECORR_DATA, ../shared/data next to the repository,
-/work/shared/data, then the sample shipped in densecorr/assets (preferring the DAVIS-2016
-training frames, davis2016_train_256p, where present).
+Frames come from `clip_from_frames`, which reads a short clip of real video from the shared
+data folder (densecorr.data.paths: $DENSECORR_DATA or ../shared/data, preferring the DAVIS-2016
+training frames, davis2016_train_256p), else from the sample shipped in densecorr/assets.
 """
 from __future__ import annotations
 
@@ -38,19 +37,11 @@ SIZE = 64  # clip side in tests (pixels): 16 x 16 feature cells at stride 4, 8 x
 
 # ------------------------------------------------------------------------------ data
 def data_root(path: str | os.PathLike | None = None) -> Path:
-    """The first existing data folder among `path`, $DENSECORR_DATA, ../shared/data (next to
-    the repository), /work/shared/data and densecorr/assets."""
-    candidates = [
-        path,
-        os.environ.get("DENSECORR_DATA"),
-        REPO.parent / "shared" / "data",
-        Path("/work/shared/data"),
-        REPO / "densecorr" / "assets",
-    ]
-    for c in candidates:
-        if c and Path(c).is_dir():
-            return Path(c)
-    raise FileNotFoundError(f"no data folder among {[str(c) for c in candidates if c]}")
+    """`path`, else the shared data folder (densecorr.data.paths: $DENSECORR_DATA or
+    ../shared/data), else the sample shipped in the package."""
+    from densecorr.data.paths import sample_root, shared_data_root
+
+    return Path(path or shared_data_root() or sample_root())
 
 
 def sequence_dir(root: Path, sequence: str | None = None) -> Path:
