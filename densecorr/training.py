@@ -183,8 +183,7 @@ class TrainConfig:
 # The papers' settings (their data was Kinetics / YouTube-VOS / VLOG at 256 px; the numbers
 # are as reported in each paper, with clip gaps chosen for DAVIS' 24 fps), and a CPU preset per
 # method: a narrow ResNet-18 (width 16) at stride 8 on 64 x 64 crops, a few hundred steps (a
-# step takes ~1-4 s on 2 cores). MAST and CorrFlow use the textbook ("naive") affinity there:
-# at these tiny sizes it beats the pure-PyTorch reference backend of the local ops.
+# step takes ~1-4 s on 2 cores).
 _PAPER = {
     # Vondrick et al. 2018: 3 reference frames + 1 target, 256 x 256 grayscale input, Adam 1e-3, batch 32.
     "vidcolor": dict(model_config={}, crop=(256, 256), gaps=(3,), batch_size=32, lr=1e-3, steps=400_000),
@@ -202,9 +201,9 @@ _PAPER = {
 _CPU_MODEL = {
     "vidcolor": {"width": 16, "out_dim": 32},
     "cycletime": {"arch": "resnet18", "width": 16, "out_dim": 64, "frame_size": 64, "regressor_channels": 32},
-    "corrflow": {"width": 16, "out_dim": 32, "stride": 8, "radius": 4, "affinity": "naive"},
+    "corrflow": {"width": 16, "out_dim": 32, "stride": 8, "radius": 4},
     "uvc": {"width": 16, "colour_dim": 16},
-    "mast": {"width": 16, "out_dim": 32, "stride": 8, "radius": 4, "roi_radius": 2, "roi_dilation": 2, "affinity": "naive"},
+    "mast": {"width": 16, "out_dim": 32, "stride": 8, "radius": 4, "roi_radius": 2, "roi_dilation": 2},
 }
 
 
