@@ -1,8 +1,10 @@
 """ResNet feature extractors shared by the models (no pretrained weights; nothing is downloaded).
 
-- `ResNet18(stride=8 | 4, width, out_dim, in_channels)`: the ResNet-18 trunk (He et al. 2016)
-  with the later stages at stride 1 so the output stride is 8 (layer3 and layer4 at stride
-  1) or 4 (layer2-4 at stride 1), the resolution dense correspondence needs.
+- `ResNet18(stride=8 | 4, width, out_dim, in_channels, stages=4)`: the ResNet-18 trunk (He
+  et al. 2016) with the later stages at stride 1 so the output stride is 8 (layer3 and layer4
+  at stride 1) or 4 (layer2-4 at stride 1), the resolution dense correspondence needs.
+  `stages` < 4 keeps only the first residual stages: a smaller receptive field, so small
+  objects keep features of their own instead of their surroundings'.
 - `ResNet50Res4(width, out_dim, in_channels)`: ResNet-50 up to res4 (layer3) with res4 at
   stride 1, output stride 8 (CycleTime, Wang et al. 2019).
 
@@ -104,11 +106,14 @@ class _ResNetTrunk(nn.Module):
 class ResNet18(_ResNetTrunk):
     """ResNet-18 trunk at output stride 8 (layer3, layer4 at stride 1) or 4 (layer2-4 at stride 1)."""
 
-    def __init__(self, stride: int = 8, width: int = 64, out_dim: int | None = None, in_channels: int = 3):
+    def __init__(self, stride: int = 8, width: int = 64, out_dim: int | None = None, in_channels: int = 3,
+                 stages: int = 4):
         if stride not in (4, 8):
             raise ValueError(f"ResNet18 stride must be 4 or 8, got {stride}")
+        if not 1 <= stages <= 4 or (stride == 8 and stages < 2):
+            raise ValueError(f"ResNet18 stages must be in [1, 4] ([2, 4] at stride 8), got {stages}")
         strides = (1, 2, 1, 1) if stride == 8 else (1, 1, 1, 1)
-        super().__init__(BasicBlock, (2, 2, 2, 2), strides, width, in_channels, out_dim)
+        super().__init__(BasicBlock, (2, 2, 2, 2)[:stages], strides[:stages], width, in_channels, out_dim)
 
 
 class ResNet50Res4(_ResNetTrunk):
@@ -121,11 +126,15 @@ class ResNet50Res4(_ResNetTrunk):
         super().__init__(Bottleneck, (3, 4, 6), (1, 2, 1), width, in_channels, out_dim)
 
 
-def build_backbone(arch: str, stride: int, width: int, out_dim: int | None, in_channels: int) -> nn.Module:
-    """Build "resnet18" (stride 4 or 8) or "resnet50_res4" (stride 8) from config values."""
+def build_backbone(arch: str, stride: int, width: int, out_dim: int | None, in_channels: int,
+                   stages: int = 4) -> nn.Module:
+    """Build "resnet18" (stride 4 or 8, the first `stages` stages) or "resnet50_res4" (stride 8)
+    from config values."""
     if arch == "resnet18":
-        return ResNet18(stride, width, out_dim, in_channels)
+        return ResNet18(stride, width, out_dim, in_channels, stages)
     if arch == "resnet50_res4":
+        if stages != 4:
+            raise ValueError(f"resnet50_res4 has a fixed depth; stages must be 4, got {stages}")
         if stride != 8:
             raise ValueError(f"resnet50_res4 has output stride 8, got stride={stride}")
         return ResNet50Res4(width, out_dim, in_channels)

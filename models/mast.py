@@ -38,7 +38,10 @@ class MASTConfig(ModelConfig):
     localised) and num_short_refs (frames before the target) references, clip_length =
     their sum + 1; radius of the reference windows; roi_radius and roi_dilation of the
     coarse localisation window; scale of the logits; dropout_p: probability that a clip has
-    one a/b channel dropped; huber_delta of the smooth L1 loss (normalised Lab units)."""
+    one a/b channel dropped; huber_delta of the smooth L1 loss (normalised Lab units);
+    stages: residual stages of the ResNet-18 kept (fewer: smaller receptive field);
+    normalise: L2-normalise the features before the affinity (cosine similarity, `scale`
+    then acts as 1 / temperature), as the propagation protocols do at test time."""
 
     arch: str = "resnet18"
     stride: int = 4
@@ -52,6 +55,8 @@ class MASTConfig(ModelConfig):
     scale: float = 1.0
     dropout_p: float = 1.0
     huber_delta: float = 0.1
+    stages: int = 4
+    normalise: bool = False
 
     def validate(self):
         self._positive("width", "out_dim", "roi_dilation", "scale", "huber_delta")
@@ -74,7 +79,8 @@ class MAST(CorrespondenceModel):
 
     def __init__(self, config: MASTConfig):
         super().__init__(config)
-        self.backbone = build_backbone(config.arch, config.stride, config.width, config.out_dim, in_channels=3)
+        self.backbone = build_backbone(config.arch, config.stride, config.width, config.out_dim, in_channels=3,
+                                       stages=config.stages)
         r = config.roi_radius
         d = torch.arange(-r, r + 1, dtype=torch.float32) * config.roi_dilation
         dy, dx = torch.meshgrid(d, d, indexing="ij")  # row-major window order, as the ops
@@ -132,6 +138,8 @@ class MAST(CorrespondenceModel):
         lab = normalise_lab(rgb_to_lab(clip))  # (B, T, 3, H, W)
         feats = self.backbone(self.drop_channel(lab).flatten(0, 1))
         feats = feats.view(b, t, *feats.shape[1:])
+        if c.normalise:
+            feats = F.normalize(feats, dim=2)
         colours = area_downsample(lab.flatten(0, 1), self.stride).view(b, t, 3, *feats.shape[-2:])
         q = feats[:, -1]
         keys, values = [], []

@@ -244,6 +244,8 @@ def test_colour_clusters_fit_and_checkpoint(name):
     [
         (lambda: dm.ResNet18(stride=8, width=8), 8, 64),
         (lambda: dm.ResNet18(stride=4, width=8, out_dim=24), 4, 24),
+        (lambda: dm.ResNet18(stride=4, width=8, stages=2), 4, 16),
+        (lambda: dm.ResNet18(stride=8, width=8, stages=3), 8, 32),
         (lambda: dm.ResNet50Res4(width=4), 8, 64),
         (lambda: dm.ResNet50Res4(width=4, out_dim=12, in_channels=1), 8, 12),
     ],
@@ -259,6 +261,27 @@ def test_backbone_strides_and_widths(make, stride, channels):
 def test_backbone_rejects_unsupported_stride():
     with pytest.raises(ValueError, match="stride"):
         dm.ResNet18(stride=16)
+    with pytest.raises(ValueError, match="stages"):
+        dm.ResNet18(stride=8, stages=1)  # stride 8 needs layer2
+    with pytest.raises(ValueError, match="stages"):
+        dm.build_backbone("resnet50_res4", 8, 4, None, 3, stages=2)
+
+
+def test_mast_normalised_features_are_scale_free():
+    """normalise=True: the affinity sees unit features, so scaling the projection's weights
+    (every feature vector by the same factor) leaves the loss unchanged; without it, it does not."""
+    clip = torch.rand(1, 4, 3, SIZE, SIZE)
+    for normalise in (True, False):
+        torch.manual_seed(0)
+        model = dm.create("mast", **TINY["mast"], normalise=normalise, scale=5.0).eval()
+        torch.manual_seed(1)  # the same channel dropped in both calls
+        before = model(clip)["loss"].item()
+        with torch.no_grad():
+            model.backbone.proj.weight.mul_(3.0)
+            model.backbone.proj.bias.mul_(3.0)
+        torch.manual_seed(1)
+        after = model(clip)["loss"].item()
+        assert (abs(before - after) < 1e-5) == normalise, (normalise, before, after)
 
 
 def test_lab_known_values_and_round_trip():
