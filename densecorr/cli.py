@@ -36,7 +36,7 @@ GIF_WIDTH = 360
 def _add_model_args(p: argparse.ArgumentParser, default_protocol: str = "crw") -> None:
     from densecorr.propagation import PROTOCOLS
 
-    p.add_argument("--model", default="lab", help="'lab' (Lab-pixel baseline, default), 'default' (shipped checkpoint), a model name registered in densecorr.models (random init), or a checkpoint path")
+    p.add_argument("--model", default="default", help="'default' (the trained checkpoint shipped in the package; the default), 'lab' (Lab-pixel baseline), a model name registered in densecorr.models (random init), or a checkpoint path")
     p.add_argument("--protocol", default=default_protocol, help=f"label-propagation protocol: {', '.join(PROTOCOLS)} (default {default_protocol})")
     p.add_argument("--height", type=int, default=None, help="process frames at this height in pixels (aspect kept) for speed; outputs and scores stay at the frames' size (default: native)")
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature (default: the protocol's, 0.05)")

@@ -141,7 +141,7 @@ class LabEmbedding(torch.nn.Module):
     forward = embed
 
 
-def load_model(spec: str = "lab", device: str | torch.device = "cpu", stride: int | None = None, log: Callable[[str], None] = print):
+def load_model(spec: str = "default", device: str | torch.device = "cpu", stride: int | None = None, log: Callable[[str], None] = print):
     """A model for propagation from a name or a checkpoint path.
 
     Args:

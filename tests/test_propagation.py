@@ -191,7 +191,10 @@ def test_load_model(tmp_path, capsys):
     assert isinstance(model, LabEmbedding) and model.stride == 4
     model, desc = load_model("default")
     if os.path.isfile(DEFAULT_CHECKPOINT):  # the shipped checkpoint
-        assert "default.pt" in desc and not isinstance(model, LabEmbedding) and model.stride == 8
+        shipped = torch.load(DEFAULT_CHECKPOINT, weights_only=True)
+        assert "default.pt" in desc and not isinstance(model, LabEmbedding)
+        assert type(model).__name__.lower() == shipped["model"] and model.stride == shipped["config"]["stride"]
+        assert load_model()[1] == desc  # the default when no model is given
     else:
         assert isinstance(model, LabEmbedding) and "default" in capsys.readouterr().out
     with pytest.raises(DataError, match="unknown model"):
