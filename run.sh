@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-command set-up and run on a fresh machine (CPU is enough).
-#   ./run.sh eval    set up, then evaluate the default model on DAVIS (the main job)
+#   ./run.sh eval    set up, then evaluate the default model on DAVIS, mast protocol (the main job)
 #   ./run.sh test    set up, then run the test suite
 #   ./run.sh setup   set up only
 # Set-up: a virtual environment in .venv (override with DENSECORR_VENV), torch 2.13.0
@@ -33,7 +33,7 @@ case "${1:-}" in
   eval)
     setup
     shift
-    densecorr eval-davis --out outputs/davis "$@"
+    densecorr eval-davis --protocol mast --out outputs/davis "$@"
     ;;
   *)
     echo "usage: ./run.sh {eval|test|setup} [extra arguments]" >&2
