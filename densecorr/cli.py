@@ -1,6 +1,6 @@
 """The `densecorr` command.
 
-    densecorr track VIDEO_OR_FOLDER --mask FIRST.png --out DIR [--model lab] [--protocol crw]
+    densecorr track VIDEO_OR_FOLDER --mask FIRST.png --out DIR [--model default] [--protocol crw]
     densecorr eval-davis [--root DAVIS_ROOT] [--sequences ...] [--model ...] [--protocol ...] [--out DIR]
     densecorr eval-keypoints [--root DAVIS_ROOT] [--sequences ...] [--model ...] [--protocol ...]
 
