@@ -602,6 +602,54 @@ class Logger:
             self.tb.close()
 
 
+def plot_log(out: str) -> str | None:
+    """Draw OUT/curves.png from OUT/log.jsonl: the loss and its terms against the step, and J&F
+    when the run evaluated. Returns the path, or None without matplotlib or logged steps.
+    After a resume the re-run steps are logged again; the last row of each step wins."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows: dict[tuple[str, int], dict] = {}
+    with open(os.path.join(out, "log.jsonl")) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            rows[(row.get("kind"), row.get("step"))] = row
+    train_rows = [r for (k, _), r in sorted(rows.items(), key=lambda kv: kv[0][1]) if k == "train"]
+    eval_rows = [r for (k, _), r in sorted(rows.items(), key=lambda kv: kv[0][1]) if k == "eval"]
+    if not train_rows:
+        return None
+    skip = {"kind", "step", "time", "lr", "clips_per_s", "epoch", "grad_norm"}
+    terms = [k for k in train_rows[-1] if k not in skip and isinstance(train_rows[-1][k], (int, float))]
+    fig, axes = plt.subplots(1, 2 if eval_rows else 1, figsize=(11 if eval_rows else 6, 3.6), squeeze=False)
+    ax = axes[0][0]
+    steps = [r["step"] for r in train_rows]
+    for k in terms:
+        ax.plot(steps, [r.get(k, float("nan")) for r in train_rows], label=k, lw=1.5 if k == "loss" else 0.8)
+    ax.set_xlabel("step")
+    ax.set_title("training loss")
+    ax.legend(fontsize=8)
+    if eval_rows:
+        ax = axes[0][1]
+        ax.plot([r["step"] for r in eval_rows], [r["J&F"] for r in eval_rows], "o-", label="J&F")
+        ax.set_xlabel("step")
+        ax.set_title("DAVIS J&F (eval_every)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(out, "curves.png")
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -760,6 +808,8 @@ def train(cfg: TrainConfig, out: str, resume: str | None = "auto", quiet: bool =
             window, window_clips, window_start = {}, 0, time.perf_counter()
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             save_checkpoint(out, step, cfg, net, optimizer, scheduler, scaler, info)
+            if info.main:
+                plot_log(out)
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             if info.main:
                 res = evaluate_davis(net, cfg.eval_root, cfg.eval_sequences, cfg.eval_max_frames, cfg.eval_height, cfg.eval_protocol, device)
@@ -771,7 +821,8 @@ def train(cfg: TrainConfig, out: str, resume: str | None = "auto", quiet: bool =
             window_start = time.perf_counter()  # evaluation time is not training throughput
     if info.main:
         atomic_save({"model": cfg.model, "config": net.config.to_dict(), "state_dict": net.state_dict()}, os.path.join(out, "model.pt"))
-        logger.print(f"done: step {step}, wrote {os.path.join(out, 'model.pt')}")
+        plot_log(out)  # with the last evaluation
+        logger.print(f"done: step {step}, wrote {os.path.join(out, 'model.pt')} and curves.png")
     logger.close()
     return {"step": step, "loss": last_loss, "eval": last_eval}
 
@@ -888,6 +939,7 @@ def build_parser(prog: str = "densecorr train") -> argparse.ArgumentParser:
     p.add_argument("--resume", default="auto", help="'auto' (newest checkpoint in --out, default), a checkpoint path, or 'none'")
     p.add_argument("--print-config", action="store_true", help="print the resolved TrainConfig as JSON and exit")
     p.add_argument("--export", nargs=2, metavar=("CHECKPOINT", "DEST"), default=None, help="write the weights-only model checkpoint of a training checkpoint to DEST (loadable with --model DEST in densecorr eval-davis) and exit")
+    p.add_argument("--plot", metavar="RUN", default=None, help="draw RUN/curves.png (loss and J&F against the step) from RUN/log.jsonl and exit; training also redraws it at every checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -932,6 +984,14 @@ def main(argv: list[str] | None = None, prog: str = "densecorr train") -> int:
     """`densecorr train` / examples/train.py; returns the exit status (2: bad input or data)."""
     args = build_parser(prog).parse_args(argv)
     try:
+        if args.plot:
+            if not os.path.isfile(os.path.join(args.plot, "log.jsonl")):
+                raise DataError(f"--plot: no log.jsonl in {args.plot!r} (give a run folder written by densecorr train)")
+            path = plot_log(args.plot)
+            if path is None:
+                raise DataError("--plot needs matplotlib (pip install matplotlib) and at least one logged step")
+            print(f"wrote {path}")
+            return 0
         if args.export:
             out = export_model(*args.export, affinity="densecorr", backend=None)
             print(f"wrote {args.export[1]}: {out['model']} at step {out['trained']['step']}")

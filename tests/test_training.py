@@ -147,6 +147,12 @@ def test_train_logs_checkpoints_and_periodic_eval(frames_root, tmp_path):
     train_rows = [r for r in rows if r["kind"] == "train"]
     assert [r["step"] for r in train_rows] == list(range(1, 9))
     assert all(np.isfinite(r["loss"]) and r["clips_per_s"] > 0 for r in train_rows)
+    # The picture of the curves: redrawn at the end, and on demand from the log.
+    curves = os.path.join(out, "curves.png")
+    assert os.path.getsize(curves) > 1000
+    os.remove(curves)
+    assert training.main(["--plot", out]) == 0 and os.path.getsize(curves) > 1000
+    assert training.main(["--plot", str(tmp_path / "nothing-here")]) == 2
     # The colourisation loss on the training clips (fixed crops) falls from the initial weights.
     from densecorr import models
 
