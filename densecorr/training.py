@@ -180,63 +180,27 @@ class TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
 
-# The papers' settings (their data was Kinetics / YouTube-VOS / VLOG at 256 px; the numbers
-# are as reported in each paper, with clip gaps chosen for DAVIS' 24 fps), and a CPU preset per
-# method: a narrow ResNet-18 (width 16) on 64 x 64 crops of the native 256p frames (objects at
-# the scale they have when evaluated at 240p), a few hundred steps (~0.02-0.1 s a step on 2
-# quiet cores).
-_PAPER = {
-    # Vondrick et al. 2018: 3 reference frames + 1 target, 256 x 256 grayscale input, Adam 1e-3, batch 32.
-    "vidcolor": dict(model_config={}, crop=(256, 256), gaps=(3,), batch_size=32, lr=1e-3, steps=400_000),
-    # Wang et al. 2019: 4-frame clips of 240 x 240, Adam 2e-4, batch 32, ResNet-50 res4.
-    "cycletime": dict(model_config={"frame_size": 240}, resize=240, crop=(240, 240), gaps=(2,), batch_size=32, lr=2e-4, steps=100_000),
-    # Lai & Xie 2019: 256 x 256 crops, Adam 1e-3 halved on a schedule, batch 12.
-    "corrflow": dict(model_config={}, crop=(256, 256), gaps=(1, 2), batch_size=12, lr=1e-3, schedule="step",
-                     milestones=(100_000, 200_000), gamma=0.5, steps=300_000),
-    # Li et al. 2019: frame pairs, 256 x 256, Adam 1e-4, batch 16.
-    "uvc": dict(model_config={}, crop=(256, 256), gaps=(1, 2, 3, 4, 5), batch_size=16, lr=1e-4, steps=200_000),
-    # Lai et al. 2020: 256 x 256 crops, Adam (0.9, 0.999) 1e-3, halved at 0.4M/0.6M/0.8M steps, batch 24.
-    "mast": dict(model_config={}, crop=(256, 256), gaps=(1, 2, 3), batch_size=24, lr=1e-3, schedule="step",
-                 milestones=(400_000, 600_000, 800_000), gamma=0.5, steps=1_000_000),
-}
-_CPU_MODEL = {
-    "vidcolor": {"width": 16, "out_dim": 32},
-    "cycletime": {"arch": "resnet18", "width": 16, "out_dim": 64, "frame_size": 64, "regressor_channels": 32},
-    "corrflow": {"width": 16, "out_dim": 32, "stride": 8, "radius": 4},
-    "uvc": {"width": 16, "colour_dim": 16},
-    # The shipped default (densecorr/assets/default.pt): a shallow trunk at stride 4 keeps small
-    # objects' own features; features L2-normalised at temperature 0.05, as at test time.
-    "mast": {"width": 16, "out_dim": 32, "stride": 4, "stages": 1, "radius": 6, "roi_radius": 3, "roi_dilation": 2,
-             "normalise": True, "scale": 20.0},
-}
+def model_presets(model: str) -> dict:
+    """The training presets of registered model `model`: the `PRESETS` dict ({name: TrainConfig
+    fields}) beside its config class in the model's module (e.g. models/mast.py)."""
+    import sys as _sys
 
-# Per-method changes to the CPU preset's training fields (MAST: the default checkpoint's recipe).
-_CPU_TRAIN = {
-    "mast": {"steps": 4000, "schedule": "cosine"},
-}
+    from densecorr import models
+
+    if model not in models.list_models():
+        raise ValueError(f"unknown model {model!r}; available: {models.list_models()}")
+    module = _sys.modules[models.model_class(model).__module__]
+    return dict(getattr(module, "PRESETS", {}))
 
 
 def preset(model: str, name: str = "cpu", **overrides) -> TrainConfig:
-    """The TrainConfig of `model` for preset "paper" or "cpu", with field `overrides`."""
-    if model not in _PAPER:
-        from densecorr import models
-
-        if model not in models.list_models():
-            raise ValueError(f"unknown model {model!r}; available: {models.list_models()}")
-        base = {}
-    else:
-        base = dict(_PAPER[model])
-    if name == "cpu":
-        base.update(
-            model_config=dict(_CPU_MODEL.get(model, {})),
-            resize=None, crop=(64, 64), batch_size=4, steps=500, lr=base.get("lr", 1e-3),
-            schedule="constant", milestones=(), threads=None, log_every=10, ckpt_every=50,
-            eval_every=0, eval_max_frames=12, eval_height=240,
-        )
-        base.update(_CPU_TRAIN.get(model, {}))
-    elif name != "paper":
-        raise ValueError(f"unknown preset {name!r}; choose 'paper' or 'cpu'")
-    base["model"] = model
+    """The TrainConfig of `model` for preset `name` ("paper", "cpu", or another the model's
+    PRESETS define), with field `overrides`."""
+    presets = model_presets(model)
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r} for model {model!r}; choose one of {sorted(presets)}")
+    base = {**presets[name], "model": model}
+    base["model_config"] = dict(base.get("model_config", {}))
     cfg = TrainConfig.from_dict(base)
     return cfg.replace(**overrides) if overrides else cfg
 

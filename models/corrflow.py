@@ -67,6 +67,18 @@ class CorrFlowConfig(ModelConfig):
                 raise ValueError(f"CorrFlowConfig.{name} must be in [0, 1], got {getattr(self, name)}")
 
 
+# Training presets (densecorr.training.preset(name, preset)): TrainConfig fields over its defaults.
+# "paper": the paper's setting (its data at 256 px; clip gaps chosen for DAVIS' 24 fps);
+# "cpu": a narrow ResNet-18 (width 16) on 64 x 64 crops of the native 256p frames (objects at
+# the scale they have when evaluated at 240p), a few hundred steps on 2 cores.
+PRESETS = {
+    # Lai & Xie 2019: 256 x 256 crops, Adam 1e-3 halved on a schedule, batch 12.
+    "paper": dict(model_config={}, crop=(256, 256), gaps=(1, 2), batch_size=12, lr=1e-3, schedule="step",
+                  milestones=(100_000, 200_000), gamma=0.5, steps=300_000),
+    "cpu": dict(model_config={"width": 16, "out_dim": 32, "stride": 8, "radius": 4}, gaps=(1, 2), lr=1e-3, steps=500, resize=None, crop=(64, 64), batch_size=4, ckpt_every=50, eval_max_frames=12),
+}
+
+
 @register_model("corrflow")
 class CorrFlow(CorrespondenceModel):
     """Recursive local colour copying with scheduled sampling. Clip (B, clip_length, 3, H, W)."""

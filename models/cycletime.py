@@ -96,6 +96,18 @@ class TransformRegressor(nn.Module):
         return self.linear(self.body(attn).flatten(1))
 
 
+# Training presets (densecorr.training.preset(name, preset)): TrainConfig fields over its defaults.
+# "paper": the paper's setting (its data at 256 px; clip gaps chosen for DAVIS' 24 fps);
+# "cpu": a narrow ResNet-18 (width 16) on 64 x 64 crops of the native 256p frames (objects at
+# the scale they have when evaluated at 240p), a few hundred steps on 2 cores.
+PRESETS = {
+    # Wang et al. 2019: 4-frame clips of 240 x 240, Adam 2e-4, batch 32, ResNet-50 res4.
+    "paper": dict(model_config={"frame_size": 240}, resize=240, crop=(240, 240), gaps=(2,), batch_size=32, lr=2e-4, steps=100_000),
+    "cpu": dict(model_config={"arch": "resnet18", "width": 16, "out_dim": 64, "frame_size": 64, "regressor_channels": 32},
+                gaps=(2,), lr=2e-4, steps=500, resize=None, crop=(64, 64), batch_size=4, ckpt_every=50, eval_max_frames=12),
+}
+
+
 @register_model("cycletime")
 class CycleTime(CorrespondenceModel):
     """Cycle-consistent patch tracking. Clip (B, clip_length, 3, frame_size, frame_size)."""

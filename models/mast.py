@@ -70,6 +70,23 @@ class MASTConfig(ModelConfig):
             raise ValueError(f"MASTConfig.dropout_p must be in [0, 1], got {self.dropout_p}")
 
 
+# Training presets (densecorr.training.preset(name, preset)): TrainConfig fields over its defaults.
+# "paper": the paper's setting (its data at 256 px; clip gaps chosen for DAVIS' 24 fps);
+# "cpu": a narrow ResNet-18 (width 16) on 64 x 64 crops of the native 256p frames (objects at
+# the scale they have when evaluated at 240p), a few hundred steps on 2 cores.
+PRESETS = {
+    # Lai et al. 2020: 256 x 256 crops, Adam (0.9, 0.999) 1e-3, halved at 0.4M/0.6M/0.8M steps, batch 24.
+    "paper": dict(model_config={}, crop=(256, 256), gaps=(1, 2, 3), batch_size=24, lr=1e-3, schedule="step",
+                  milestones=(400_000, 600_000, 800_000), gamma=0.5, steps=1_000_000),
+    # The shipped default (densecorr/assets/default.pt), 4000 cosine steps: a shallow trunk at
+    # stride 4 keeps small objects' own features; features L2-normalised at temperature 0.05, as
+    # at test time.
+    "cpu": dict(model_config={"width": 16, "out_dim": 32, "stride": 4, "stages": 1, "radius": 6, "roi_radius": 3,
+                              "roi_dilation": 2, "normalise": True, "scale": 20.0},
+                gaps=(1, 2, 3), lr=1e-3, steps=4000, schedule="cosine", resize=None, crop=(64, 64), batch_size=4, ckpt_every=50, eval_max_frames=12),
+}
+
+
 @register_model("mast")
 class MAST(CorrespondenceModel):
     """Lab reconstruction from a multi-reference memory. Clip (B, long + short + 1, 3, H, W):

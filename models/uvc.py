@@ -87,6 +87,17 @@ def _colour_decoder(dim: int, stride: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+# Training presets (densecorr.training.preset(name, preset)): TrainConfig fields over its defaults.
+# "paper": the paper's setting (its data at 256 px; clip gaps chosen for DAVIS' 24 fps);
+# "cpu": a narrow ResNet-18 (width 16) on 64 x 64 crops of the native 256p frames (objects at
+# the scale they have when evaluated at 240p), a few hundred steps on 2 cores.
+PRESETS = {
+    # Li et al. 2019: frame pairs, 256 x 256, Adam 1e-4, batch 16.
+    "paper": dict(model_config={}, crop=(256, 256), gaps=(1, 2, 3, 4, 5), batch_size=16, lr=1e-4, steps=200_000),
+    "cpu": dict(model_config={"width": 16, "colour_dim": 16}, gaps=(1, 2, 3, 4, 5), lr=1e-4, steps=500, resize=None, crop=(64, 64), batch_size=4, ckpt_every=50, eval_max_frames=12),
+}
+
+
 @register_model("uvc")
 class UVC(CorrespondenceModel):
     """Region localisation + fine matching. Clip (B, 2, 3, H, W): frame 0 holds the patch."""

@@ -46,6 +46,17 @@ class VidColorConfig(ModelConfig):
         self._positive("num_refs", "num_clusters", "temperature", "width")
 
 
+# Training presets (densecorr.training.preset(name, preset)): TrainConfig fields over its defaults.
+# "paper": the paper's setting (its data at 256 px; clip gaps chosen for DAVIS' 24 fps);
+# "cpu": a narrow ResNet-18 (width 16) on 64 x 64 crops of the native 256p frames (objects at
+# the scale they have when evaluated at 240p), a few hundred steps on 2 cores.
+PRESETS = {
+    # Vondrick et al. 2018: 3 reference frames + 1 target, 256 x 256 grayscale input, Adam 1e-3, batch 32.
+    "paper": dict(model_config={}, crop=(256, 256), gaps=(3,), batch_size=32, lr=1e-3, steps=400_000),
+    "cpu": dict(model_config={"width": 16, "out_dim": 32}, gaps=(3,), lr=1e-3, steps=500, resize=None, crop=(64, 64), batch_size=4, ckpt_every=50, eval_max_frames=12),
+}
+
+
 @register_model("vidcolor")
 class VidColor(CorrespondenceModel):
     """Colourisation by pointing. Clip (B, num_refs + 1, 3, H, W): references first, target last."""

@@ -134,6 +134,27 @@ def test_config_validation_and_presets():
     assert training.main(["--model", "nosuchmodel", "--print-config"]) == 2
 
 
+def test_presets_live_beside_each_model():
+    import sys as _sys
+
+    from densecorr import models
+
+    for name in models.list_models():
+        module = _sys.modules[models.model_class(name).__module__]
+        assert set(module.PRESETS) >= {"cpu", "paper"}, name
+        for kind, fields in module.PRESETS.items():
+            cfg = preset(name, kind)
+            expected = TrainConfig.from_dict({**fields, "model": name}).to_dict()
+            assert cfg.to_dict() == expected, (name, kind)
+    # The shipped default's recipe (models/mast.py) and an override on top.
+    assert preset("mast", "cpu").steps == 4000 and preset("mast", "cpu").schedule == "cosine"
+    assert preset("mast", "cpu", lr=5e-4).lr == 5e-4
+    with pytest.raises(ValueError, match="unknown preset 'gpu' for model 'mast'"):
+        preset("mast", "gpu")
+    with pytest.raises(ValueError, match="unknown model"):
+        preset("nosuchmodel")
+
+
 # --------------------------------------------------------------------------- training, checkpoints, eval
 
 
