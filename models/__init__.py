@@ -5,6 +5,7 @@
     model = dm.create("mast", width=32)   # config fields as keywords (see each *Config)
     out = model(clip)                     # clip (B, T, 3, H, W) in [0, 1]; out["loss"], terms
     feats = model.embed(frames)           # (B, 3, H, W) -> (B, D, H / stride, W / stride)
+    model, desc = dm.load("default")      # "default", "lab", a name, or a checkpoint path
 
 Each model file implements its paper's training objective over the densecorr ops.
 """
@@ -12,7 +13,8 @@ from . import corrflow, cycletime, mast, uvc, vidcolor  # noqa: F401  (each impo
 from .affinity import Affinity
 from .backbones import ResNet18, ResNet50Res4, build_backbone
 from .colour import ColourQuantiser, fit_colour_clusters, kmeans, lab_to_rgb, rgb_to_lab
-from .registry import CorrespondenceModel, ModelConfig, create, get_config, list_models, model_class, register_model
+from .lab import LabEmbedding
+from .registry import CorrespondenceModel, ModelConfig, create, get_config, list_models, load, from_checkpoint, model_class, register_model
 
 __all__ = [
     "Affinity",
@@ -26,6 +28,9 @@ __all__ = [
     "fit_colour_clusters",
     "get_config",
     "kmeans",
+    "LabEmbedding",
+    "load",
+    "from_checkpoint",
     "lab_to_rgb",
     "list_models",
     "model_class",

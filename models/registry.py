@@ -187,3 +187,92 @@ def create(name: str, config: ModelConfig | dict | None = None, **overrides) -> 
     if overrides:
         config = cls.Config.from_dict({**config.to_dict(), **overrides})
     return cls(config)
+
+
+# --------------------------------------------------------------------------- loading a model spec
+
+
+def load(spec: str = "default", device: str | torch.device = "cpu", log: Callable[[str], None] = print, stride: int | None = None):
+    """A feature extractor for label propagation from a model spec.
+
+    Args:
+        spec: "default" (the trained checkpoint shipped in the package,
+            densecorr/assets/default.pt; "lab" with a note while it does not exist), "lab" (the
+            Lab-pixel baseline, `LabEmbedding`), a name registered here (randomly initialised,
+            with a note), or the path of a model checkpoint (densecorr.checkpoint's format;
+            training checkpoints are model checkpoints too).
+        device: where the model goes.
+        log: where notes go.
+        stride: the Lab baseline's stride (default 8; ignored for other models).
+    Returns:
+        (model in eval mode on `device`, a short description).
+    Raises:
+        densecorr.checkpoint.CheckpointError: a checkpoint that is missing, unreadable, has the
+            wrong keys, a bad config or weights that do not fit its model.
+        densecorr.data.io.DataError: an unknown name.
+    """
+    import os
+
+    from densecorr.checkpoint import DEFAULT_CHECKPOINT
+    from densecorr.data.io import DataError
+
+    from .lab import LabEmbedding
+
+    spec = os.fspath(spec)
+    if spec == "default":
+        if os.path.isfile(DEFAULT_CHECKPOINT):
+            spec = DEFAULT_CHECKPOINT
+        else:
+            log("note: no trained default checkpoint is shipped (densecorr/assets/default.pt); using the Lab-pixel baseline 'lab'")
+            spec = "lab"
+    if spec == "lab":
+        try:
+            model = LabEmbedding(8 if stride is None else stride)
+        except ValueError as exc:
+            raise DataError(f"lab baseline: {exc}") from None
+        return model.to(device).eval(), f"lab (stride {model.stride})"
+    if os.path.exists(spec) or spec.endswith((".pt", ".pth", ".ckpt")) or os.sep in spec:
+        return from_checkpoint(spec, device)
+    if spec not in _REGISTRY:
+        known = ", ".join(["default", "lab"] + list_models())
+        raise DataError(f"unknown model {spec!r}: not a file and not a registered model (known: {known})")
+    model = create(spec)
+    if not hasattr(model, "embed") or not hasattr(model, "stride"):
+        raise DataError(f"model {spec!r} has no embed()/stride, so it cannot propagate labels")
+    log(f"note: model {spec!r} is randomly initialised (no checkpoint given)")
+    return model.to(device).eval(), f"{spec} (random init)"
+
+
+def from_checkpoint(path: str, device: str | torch.device = "cpu"):
+    """(model in eval mode on `device`, description) from a model checkpoint file; see `load`."""
+    import os
+
+    from densecorr.checkpoint import CheckpointError, read_model
+
+    from .lab import LabEmbedding
+
+    ckpt = read_model(path)
+    name, config = ckpt["model"], ckpt["config"]
+    base = os.path.basename(path)
+    if name == "lab":
+        try:
+            model = LabEmbedding(**config)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path!r} has a bad config for the lab baseline ({_first_line(exc)}); its only field is 'stride' (int >= 1)") from None
+        return model.to(device).eval(), f"lab (stride {model.stride}, {base})"
+    if name not in _REGISTRY:
+        raise CheckpointError(f"checkpoint {path!r} is for model {name!r}, which densecorr.models does not register (known: {', '.join(list_models()) or 'none'})")
+    try:
+        model = create(name, config)
+    except (TypeError, ValueError, OverflowError, RuntimeError, MemoryError) as exc:
+        raise CheckpointError(f"checkpoint {path!r} has a bad config for model {name!r}, so its weights do not fit ({_first_line(exc)})") from None
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (TypeError, RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path!r} does not fit model {name!r} ({_first_line(exc)})") from None
+    return model.to(device).eval(), f"{name} ({base})"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]

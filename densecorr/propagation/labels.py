@@ -1,0 +1,99 @@
+"""Labels on the feature grid: id masks <-> one-hot channels, keypoints <-> heat maps.
+
+The first frame's id mask becomes one-hot channels at full resolution *before* it is
+area-averaged to the feature grid (ids are never interpolated as numbers); predictions are
+upsampled bilinearly to the frame size, then argmax. Keypoints become Gaussian heat maps (one
+channel per joint, on the feature grid); a joint's prediction is the argmax of its upsampled
+map. See docs/design.md ("Evaluation protocols").
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from densecorr.data.io import DataError
+
+
+def one_hot(mask: np.ndarray | torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
+    """Id mask (H, W) -> float (K, H, W), channel 0 = background, channel c = ids[c - 1].
+
+    Pixels whose id is not in `ids` count as background."""
+    m = torch.as_tensor(np.asarray(mask).astype(np.int64, copy=False))
+    out = torch.zeros(len(ids) + 1, *m.shape)
+    out[0] = 1
+    for c, i in enumerate(ids, start=1):
+        sel = m == i
+        out[c][sel] = 1
+        out[0][sel] = 0
+    return out
+
+
+def heatmaps(xy: np.ndarray, frame_size: tuple[int, int], grid: tuple[int, int], sigma: float = 1.0) -> torch.Tensor:
+    """Gaussian heat maps (J, h, w) on the feature grid for keypoints `xy` (J, 2) in frame pixels.
+
+    Args:
+        xy: (x, y) in pixels of a frame of `frame_size` (H, W), pixel centres at integers.
+        grid: (h, w), the feature grid covering the frame.
+        sigma: standard deviation in feature cells.
+    """
+    H, W = frame_size
+    h, w = grid
+    xy = torch.as_tensor(np.asarray(xy), dtype=torch.float32)
+    u = (xy[:, 0] + 0.5) * w / W - 0.5  # feature-cell coordinates of the keypoints
+    v = (xy[:, 1] + 0.5) * h / H - 0.5
+    gx = torch.arange(w, dtype=torch.float32)
+    gy = torch.arange(h, dtype=torch.float32)
+    d2 = (gy[None, :, None] - v[:, None, None]) ** 2 + (gx[None, None, :] - u[:, None, None]) ** 2
+    return torch.exp(-d2 / (2 * sigma**2))
+
+
+def to_grid(labels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Full-resolution label channels (K, H, W) -> their area averages on the feature grid (K, h, w)."""
+    return F.interpolate(labels[None], size=grid, mode="area")[0]
+
+
+def upsample(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Label channels (K, h, w) -> (K, H, W), bilinear (align_corners=False)."""
+    return F.interpolate(labels[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+
+
+def mask_dtype(ids: Sequence[int]) -> np.dtype:
+    """The narrowest mask dtype that holds every id: uint8 up to 255, else uint16 (up to 65535)."""
+    top = max(ids, default=0)
+    if top > 65535:
+        raise DataError(f"object id {top} is too large: masks hold ids up to 65535")
+    return np.dtype(np.uint8) if top <= 255 else np.dtype(np.uint16)
+
+
+def labels_to_mask(labels: torch.Tensor, ids: Sequence[int], size: tuple[int, int]) -> np.ndarray:
+    """Soft labels (K, h, w) (channel 0 background) -> id mask (H, W): upsample, argmax, map to
+    ids. uint8 when every id is <= 255, else uint16 (ids are kept, never wrapped)."""
+    dtype = mask_dtype(ids)
+    lut = np.asarray([0] + list(ids), dtype=dtype)
+    return lut[upsample(labels, size).argmax(0).numpy()]
+
+
+def heatmap_peaks(maps: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Heat maps (J, h, w) -> (J, 2) (x, y) pixel positions of each upsampled map's maximum."""
+    up = upsample(maps, size)
+    flat = up.flatten(1).argmax(1)
+    W = size[1]
+    return torch.stack([flat % W, flat // W], 1).double().numpy()
+
+
+def check_first_mask(mask: np.ndarray, frame_size: tuple[int, int] | None = None) -> list[int]:
+    """The object ids of a first-frame mask; DataError if it is empty or not of `frame_size` (H, W)."""
+    from densecorr.data.davis import object_ids
+
+    if frame_size is not None and tuple(mask.shape) != tuple(frame_size[:2]):
+        raise DataError(f"the first-frame mask is {mask.shape[1]}x{mask.shape[0]} but the frames are {frame_size[1]}x{frame_size[0]}; give a mask of the frames' size")
+    ids = object_ids(mask)
+    if not ids:
+        raise DataError("the first-frame mask is empty (all background): mark at least one object (pixel value = object id)")
+    return ids
+
+
+__all__ = ["one_hot", "heatmaps", "to_grid", "upsample", "mask_dtype", "labels_to_mask", "heatmap_peaks", "check_first_mask"]

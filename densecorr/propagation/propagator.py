@@ -1,0 +1,295 @@
+"""The propagator: first-frame labels carried through a video by a model and a protocol.
+
+A *model* is anything with `embed(frames (B, 3, H, W) float in [0, 1]) -> (B, D, H/stride,
+W/stride)` and an int attribute `stride` (densecorr.models, including `LabEmbedding`, the
+Lab-pixel baseline that needs no training, named "lab" wherever a model is chosen).
+
+Given the first frame's labels (one-hot masks or keypoint heat maps), each later frame's
+labels are predicted from a bounded memory of reference frames (densecorr.propagation.protocols;
+docs/design.md, "Evaluation protocols"). Frames are read one at a time and only the reference
+memory is kept, so memory does not grow with the sequence length (a 480p sequence stays far
+below 2 GB of host RAM). `Propagator.run` yields `(t, frame, labels)`, so callers that write
+or score each frame need no copy of the frames.
+
+The crw protocol's joint top-k over a global first frame and 20 local windows is computed
+exactly and in bounded memory: the joint top-k is a subset of the first frame's top-k and the
+windows' joint top-k, which the streamed densecorr kernels (global attention and local
+attention with topk) find, with their indices; the 2k candidates' logits are recomputed and
+the final top-k taken over them. Frame 0 appears only once (as the global reference), also
+while it is among the 20 previous frames.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import densecorr
+from densecorr.data.io import DataError
+from densecorr.propagation.labels import check_first_mask, heatmap_peaks, heatmaps, labels_to_mask, one_hot, to_grid
+from densecorr.propagation.protocols import Protocol, get_protocol
+
+
+def working_size(frame_size: tuple[int, int], stride: int, height: int | None = None) -> tuple[int, int]:
+    """The size (H', W') frames are resized to before embedding: height `height` (default: the
+    frame's), aspect kept, both rounded to multiples of the stride (so the feature grid tiles it)."""
+    H, W = frame_size
+    target_h = height or H
+    target_w = W * target_h / H
+    return max(stride, round(target_h / stride) * stride), max(stride, round(target_w / stride) * stride)
+
+
+class Propagator:
+    """Propagates labels through frames with a model and a protocol.
+
+    Args:
+        model: embed()/stride (see module docstring).
+        protocol: a Protocol or its name.
+        device: where features and affinities are computed.
+        height: process frames at this height (None: native), for speed; outputs keep the frame size.
+    """
+
+    def __init__(self, model, protocol: str | Protocol = "crw", device: str | torch.device = "cpu", height: int | None = None):
+        self.model = model
+        self.protocol = get_protocol(protocol)
+        self.device = torch.device(device)
+        self.height = height
+        self.stride = int(getattr(model, "stride"))
+        self.timer = 0.0
+        self._warm = False
+
+    @torch.inference_mode()
+    def embed(self, frame: np.ndarray) -> torch.Tensor:
+        """uint8 (H, W, 3) -> L2-normalised features (D, h, w) on the device."""
+        x = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device).permute(2, 0, 1)[None].float().div_(255)
+        size = working_size(x.shape[-2:], self.stride, self.height)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
+        feats = self.model.embed(x)
+        if feats.dim() != 4 or feats.shape[0] != 1:
+            raise RuntimeError(f"model.embed returned shape {tuple(feats.shape)}, expected (1, D, h, w)")
+        return F.normalize(feats[0].float(), dim=0)
+
+    @torch.inference_mode()
+    def run(self, frames: Iterable[np.ndarray], first_labels: Callable[[tuple[int, int], tuple[int, int]], torch.Tensor], keypoints: bool = False) -> Iterator[tuple[int, np.ndarray, torch.Tensor]]:
+        """Yields (t, frame t (H, W, 3) uint8, soft labels (K, h, w) on the CPU) for t = 1, 2, ... of `frames`.
+
+        Args:
+            frames: uint8 (H, W, 3) arrays, the first one labelled.
+            first_labels: called once as first_labels(frame_size (H, W), grid (h, w)); returns the
+                first frame's label channels on the feature grid (K, h, w).
+            keypoints: labels are heat maps (always fed back soft; no softmax-normalised argmax).
+        Memory: the features and labels of at most len(long_term) + max(previous) frames.
+        `self.timer` accumulates the seconds spent here (embedding and propagation).
+        """
+        proto = self.protocol
+        feats: dict[int, torch.Tensor] = {}
+        labels: dict[int, torch.Tensor] = {}
+        size = None
+        for t, frame in enumerate(frames):
+            start = time.perf_counter()
+            if size is None:
+                size = tuple(frame.shape)
+            elif tuple(frame.shape) != size:
+                raise DataError(f"frame {t} is {frame.shape[1]}x{frame.shape[0]} but frame 0 is {size[1]}x{size[0]}; all frames must have one size")
+            q = self.embed(frame)
+            if t == 0:
+                lab = first_labels(frame.shape[:2], tuple(q.shape[-2:])).to(self.device, torch.float32)
+                if lab.shape[-2:] != q.shape[-2:]:
+                    raise RuntimeError(f"first labels {tuple(lab.shape)} do not match the feature grid {tuple(q.shape[-2:])}")
+                feats[0], labels[0] = q, lab
+                self.timer += time.perf_counter() - start
+                if not self._warm:
+                    # The first call of an op pays one-time set-up (torch imports its compiler
+                    # stack: seconds); keep it out of the per-frame timing.
+                    self.step(q, [q, q], [lab, lab], global_first=True)
+                    self._warm = True
+                continue
+            refs = proto.references(t)
+            pred = self.step(q, [feats[i] for i in refs], [labels[i] for i in refs], global_first=(refs[0] == 0))
+            if proto.feedback == "hard" and not keypoints:
+                fed = F.one_hot(pred.argmax(0), pred.shape[0]).permute(2, 0, 1).float()
+            else:
+                fed = pred
+            feats[t], labels[t] = q, fed
+            for i in [i for i in feats if i not in proto.keep_after(t)]:
+                del feats[i], labels[i]
+            out = pred.cpu()
+            self.timer += time.perf_counter() - start
+            yield t, frame, out
+
+    def step(self, q: torch.Tensor, ref_feats: list, ref_labels: list, global_first: bool) -> torch.Tensor:
+        """One frame: query features (D, h, w), references' features / labels -> labels (K, h, w)."""
+        proto = self.protocol
+        if proto.kind == "global":
+            D, h, w = q.shape
+            k = torch.stack(ref_feats).flatten(2).transpose(1, 2).reshape(1, -1, D)
+            v = torch.stack(ref_labels).flatten(2).transpose(1, 2).reshape(1, k.shape[1], -1)
+            topk = min(proto.topk, k.shape[1]) if proto.topk else None
+            out = densecorr.global_attention(q.flatten(1).T[None], k, v, scale=proto.scale, topk=topk)
+            return out[0].T.reshape(-1, h, w)
+        if proto.kind == "local":
+            k = torch.stack(ref_feats)[None]
+            v = torch.stack(ref_labels)[None]
+            topk = min(proto.topk, k.shape[1] * _window_size(proto.radius, proto.window)) if proto.topk else None
+            out = densecorr.local_attention(q[None], k, v, proto.radius, scale=proto.scale, window=proto.window, topk=topk)
+            return out[0]
+        if proto.kind == "crw":
+            if global_first:
+                return crw_topk_step(q, ref_feats[0], ref_labels[0], ref_feats[1:], ref_labels[1:], proto.radius, proto.topk, proto.scale, proto.window)
+            return crw_topk_step(q, None, None, ref_feats, ref_labels, proto.radius, proto.topk, proto.scale, proto.window)
+        raise ValueError(f"unknown protocol kind {proto.kind!r}")
+
+
+def _window_size(radius: int, window: str) -> int:
+    from densecorr.reference import window_size
+
+    return window_size(radius, window)
+
+
+def crw_topk_step(
+    q: torch.Tensor,
+    first: torch.Tensor | None,
+    first_labels: torch.Tensor | None,
+    local_feats: Sequence[torch.Tensor],
+    local_labels: Sequence[torch.Tensor],
+    radius: int,
+    topk: int,
+    scale: float,
+    window: str = "circle",
+) -> torch.Tensor:
+    """Exact joint top-k attention over a global reference and local windows in other references.
+
+    out_j = sum over the topk largest logits l of query j among {all positions of `first`} and
+    {window(j) in each local reference} of softmax(l) * label, logits = scale * q_j . k_i.
+
+    The joint top-k is a subset of (top-k of the global part) + (top-k of the local part), so
+    each part is searched by its streamed, memory-bounded densecorr kernel
+    (global_attention_fwd / local_attention_fwd with topk: one joint top-k over all local
+    references' windows), which also return the indices of their top-k; the 2k candidates'
+    logits are recomputed from those indices and the final top-k taken over them.
+
+    Args:
+        q: (D, h, w) query features. first: (D, h, w) or None; first_labels (K, h, w).
+        local_feats / local_labels: lists of (D, h, w) / (K, h, w) (may be empty).
+        radius, window: the local window (boundary "mask": positions outside the image are excluded).
+    Returns:
+        (K, h, w). Memory: O(h w k (D + K)) beyond the kernels' own O(h w k).
+    """
+    D, h, w = q.shape
+    N = h * w
+    qt = q.flatten(1).T.contiguous()  # (N, D)
+    cand_logits, cand_labels = [], []
+    if first is not None:
+        kt = first.flatten(1).T.contiguous()
+        vt = first_labels.flatten(1).T.contiguous()
+        _, _, idx = torch.ops.densecorr.global_attention_fwd(qt[None], kt[None], vt[None], float(scale), min(topk, N), "auto")
+        idx = idx[0]  # (N, k) key indices
+        cand_logits.append(scale * torch.einsum("nkd,nd->nk", kt[idx], qt))
+        cand_labels.append(vt[idx])
+    if local_feats:
+        from densecorr.reference import window_offsets
+
+        k = torch.stack(list(local_feats))  # (T, D, h, w)
+        v = torch.stack(list(local_labels))  # (T, K, h, w)
+        T, K = k.shape[0], v.shape[1]
+        offsets = torch.tensor(window_offsets(radius, window), device=q.device) - radius  # (P, 2) (dy, dx)
+        P = offsets.shape[0]
+        _, _, idx = torch.ops.densecorr.local_attention_fwd(
+            q[None].contiguous(), k[None].contiguous(), v[None].contiguous(), radius, 1, float(scale), "mask", window, min(topk, T * P), "auto"
+        )
+        idx = idx[0].reshape(N, -1)  # (N, k) window positions t * P + p
+        ref, pos = idx // P, idx % P
+        yy = torch.arange(h, device=q.device).repeat_interleave(w)[:, None] + offsets[pos, 0]
+        xx = torch.arange(w, device=q.device).repeat(h)[:, None] + offsets[pos, 1]
+        valid = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)  # only short windows could pick these
+        flat = (ref * h + yy.clamp(0, h - 1)) * w + xx.clamp(0, w - 1)
+        kf = k.permute(0, 2, 3, 1).reshape(T * N, D)[flat]  # (N, k, D)
+        logits = scale * torch.einsum("nkd,nd->nk", kf, qt)
+        cand_logits.append(logits.masked_fill(~valid, float("-inf")))
+        cand_labels.append(v.permute(0, 2, 3, 1).reshape(T * N, K)[flat])
+    logits = torch.cat(cand_logits, 1)
+    labels = torch.cat(cand_labels, 1)
+    if logits.shape[1] > topk:
+        logits, sel = logits.topk(topk, dim=1)
+        labels = torch.gather(labels, 1, sel[..., None].expand(-1, -1, labels.shape[2]))
+    weights = torch.softmax(logits, dim=1)
+    out = (weights[..., None] * labels).sum(1)  # (N, K)
+    return out.T.reshape(-1, h, w)
+
+
+def propagate_mask(
+    propagator: Propagator,
+    frames: Iterable[np.ndarray],
+    first_mask: np.ndarray,
+    progress: str | None = None,
+    total: int | None = None,
+    ids: Sequence[int] | None = None,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Track the objects of `first_mask` (H, W) ids through `frames`.
+
+    Yields (t, frame (H, W, 3) uint8, predicted ids (H, W)) for t = 1, 2, ...; the ids are
+    those of the first mask (uint8, or uint16 when an id exceeds 255). `progress`: tqdm
+    description (None: no bar).
+    The first mask is checked once, against frame 0: DataError when it is empty or its size
+    differs from the frames'. `ids`: the mask's object ids when the caller has already checked
+    it (`check_first_mask(first_mask, frame_size)`); then it is not checked again.
+    """
+    known = list(ids) if ids is not None else None
+
+    def first_labels(frame_size, grid):
+        nonlocal known
+        if known is None:
+            known = check_first_mask(first_mask, frame_size)
+        return to_grid(one_hot(first_mask, known), grid)
+
+    bar = _progress(progress, total)
+    try:
+        for t, frame, labels in propagator.run(frames, first_labels):
+            mask = labels_to_mask(labels, known, frame.shape[:2])
+            if bar is not None:
+                bar.update(1)
+            yield t, frame, mask
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def propagate_keypoints(
+    propagator: Propagator,
+    frames: Iterable[np.ndarray],
+    xy: np.ndarray,
+    sigma: float = 1.0,
+    progress: str | None = None,
+    total: int | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Track keypoints `xy` (J, 2) (x, y pixels of the first frame) as Gaussian heat maps.
+
+    Yields (t, predicted xy (J, 2)) for t = 1, 2, ...; `sigma` is the heat maps' standard
+    deviation in feature cells."""
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    if len(xy) == 0:
+        raise DataError("no keypoints to track: the first annotated frame has no visible joints")
+    bar = _progress(progress, total)
+    try:
+        for t, frame, maps in propagator.run(frames, lambda size, grid: heatmaps(xy, size, grid, sigma), keypoints=True):
+            if bar is not None:
+                bar.update(1)
+            yield t, heatmap_peaks(maps, frame.shape[:2])
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _progress(desc: str | None, total: int | None):
+    if desc is None:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame", leave=False, dynamic_ncols=True)
+
+
+__all__ = ["working_size", "Propagator", "crw_topk_step", "propagate_mask", "propagate_keypoints"]

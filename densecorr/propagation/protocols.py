@@ -1,0 +1,83 @@
+"""The label-propagation protocols: which reference frames, which affinity, what is fed back.
+
+| protocol | references | affinity | labels fed back |
+|---|---|---|---|
+| crw | frame 0 (global) + the 20 previous frames (circle window, radius 12) | top-10 jointly over all, s = 20 | soft |
+| mast | frames {0, 5} + {t-1, t-3, t-5}, local windows radius 12 (stride 4) | one joint softmax | hard |
+| uvc, cycletime | frame 0 + the 7 previous frames, global | top-5 jointly over all | soft |
+| corrflow | the previous frame, local window radius 6 | softmax | hard |
+
+Features are L2-normalised and the logits scaled by s = 1 / temperature (0.05 by default).
+See docs/design.md ("Evaluation protocols").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from densecorr.data.io import DataError
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One evaluation protocol (see the module docstring's table).
+
+    Attributes:
+        kind: "crw" (global first frame + local windows, joint top-k), "global" or "local".
+        long_term: fixed reference frames (e.g. (0, 5) for MAST) kept once they exist.
+        previous: offsets d of the short-term references t - d.
+        radius, window: local window (feature cells) for "local" and "crw".
+        topk: keep only the top-k logits (None: all).
+        temperature: softmax temperature; the logit scale is 1 / temperature.
+        feedback: "soft" (predicted distributions become references) or "hard" (their argmax, one-hot).
+        stride: feature stride used by the Lab baseline under this protocol (models have their own).
+    """
+
+    name: str
+    kind: str
+    long_term: tuple
+    previous: tuple
+    radius: int | None = None
+    window: str = "square"
+    topk: int | None = None
+    temperature: float = 0.05
+    feedback: str = "soft"
+    stride: int = 8
+
+    @property
+    def scale(self) -> float:
+        return 1.0 / self.temperature
+
+    def references(self, t: int) -> list[int]:
+        """The reference frames for frame t (> 0), long-term first, without duplicates."""
+        refs = [i for i in self.long_term if i < t]
+        refs += [t - d for d in self.previous if t - d >= 0 and t - d not in refs]
+        return refs
+
+    def keep_after(self, t: int) -> set[int]:
+        """Frames (<= t) that a later frame may still use as a reference."""
+        horizon = max(self.previous)
+        return {i for i in self.long_term if i <= t} | set(range(max(0, t + 1 - horizon), t + 1))
+
+
+PROTOCOLS = {
+    "crw": Protocol("crw", "crw", (0,), tuple(range(1, 21)), radius=12, window="circle", topk=10, feedback="soft", stride=8),
+    "mast": Protocol("mast", "local", (0, 5), (1, 3, 5), radius=12, window="square", feedback="hard", stride=4),
+    "uvc": Protocol("uvc", "global", (0,), tuple(range(1, 8)), topk=5, feedback="soft", stride=8),
+    "cycletime": Protocol("cycletime", "global", (0,), tuple(range(1, 8)), topk=5, feedback="soft", stride=8),
+    "corrflow": Protocol("corrflow", "local", (), (1,), radius=6, window="square", feedback="hard", stride=4),
+}
+
+
+def get_protocol(name: str | Protocol, **overrides) -> Protocol:
+    """A protocol by name, with fields replaced by the non-None `overrides` (e.g. temperature=0.07)."""
+    if isinstance(name, Protocol):
+        proto = name
+    else:
+        if name not in PROTOCOLS:
+            raise DataError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
+        proto = PROTOCOLS[name]
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return replace(proto, **overrides) if overrides else proto
+
+
+__all__ = ["Protocol", "PROTOCOLS", "get_protocol"]
