@@ -8,8 +8,11 @@ references stacked as (B, T, D, h, w). The loss is the Huber (smooth L1) distanc
 and the target's Lab at feature resolution.
 
 - Input: Lab, with channel dropout -- one of the a/b channels is zeroed in every frame of the
-  clip (the others rescaled by 3/2), so the features cannot carry it and reconstructing the
-  target (dropped channel included) has to go through correspondence.
+  clip (the others rescaled by 3/2), so the features cannot carry it; the loss is on the
+  dropped channel only, as MAST's code (`compute_lphoto` reconstructs `rgb[:, ch]`, the
+  dropped channels): the target's own input shows L and the other a/b channel, so
+  reconstructing those could go through the target's own features instead of
+  correspondence. A clip without dropout (dropout_p < 1) reconstructs all three channels.
 - Memory: short-term references are the frames just before the target (window radius r
   around the same position); long-term references are the first frames of the clip, found by
   ROI localisation: a coarse window with dilation d gives each target pixel a softmax over
@@ -119,15 +122,24 @@ class MAST(CorrespondenceModel):
     def weights(self):
         return {"reconstruction": 1.0}
 
-    def drop_channel(self, lab: torch.Tensor) -> torch.Tensor:
-        """lab (B, T, 3, H, W) normalised -> one of a/b zeroed per clip (prob dropout_p), x 3/2."""
+    def drop_channel(self, lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """lab (B, T, 3, H, W) normalised -> (one of a/b zeroed per clip (prob dropout_p), x 3/2;
+        target mask (B, 3): the channels to reconstruct -- the dropped one, or all three for a
+        clip without dropout)."""
         b = lab.shape[0]
         dropped = torch.rand(b, device=lab.device) < self.config.dropout_p
         channel = torch.randint(1, 3, (b,), device=lab.device)
         keep = torch.ones(b, 3, device=lab.device, dtype=lab.dtype)
         keep[torch.arange(b, device=lab.device), channel] = 0.0
+        target = torch.where(dropped.unsqueeze(1), 1.0 - keep, torch.ones_like(keep))
         keep = torch.where(dropped.unsqueeze(1), keep * 1.5, torch.ones_like(keep))
-        return lab * keep.view(b, 1, 3, 1, 1)
+        return lab * keep.view(b, 1, 3, 1, 1), target
+
+    def reconstruction_loss(self, pred: torch.Tensor, target: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+        """Huber loss of pred vs target (B, 3, h, w), averaged over the channels marked in
+        `channels` (B, 3) (the dropped channel: `drop_channel`'s mask)."""
+        per = F.smooth_l1_loss(pred, target, beta=self.config.huber_delta, reduction="none").mean(dim=(2, 3))
+        return (per * channels).sum() / channels.sum().clamp_min(1.0)
 
     def localise(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """ROI localisation of a long-term reference.
@@ -153,7 +165,8 @@ class MAST(CorrespondenceModel):
         c = self.config
         b, t = clip.shape[:2]
         lab = normalise_lab(rgb_to_lab(clip))  # (B, T, 3, H, W)
-        feats = self.backbone(self.drop_channel(lab).flatten(0, 1))
+        dropped, channels = self.drop_channel(lab)
+        feats = self.backbone(dropped.flatten(0, 1))
         feats = feats.view(b, t, *feats.shape[1:])
         if c.normalise:
             feats = F.normalize(feats, dim=2)
@@ -168,5 +181,4 @@ class MAST(CorrespondenceModel):
             keys.append(feats[:, i])
             values.append(colours[:, i])
         pred = self.ops.local_attention(q, torch.stack(keys, 1), torch.stack(values, 1), c.radius, scale=c.scale)
-        loss = F.smooth_l1_loss(pred, colours[:, -1], beta=c.huber_delta)
-        return {"reconstruction": loss}
+        return {"reconstruction": self.reconstruction_loss(pred, colours[:, -1], channels)}

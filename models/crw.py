@@ -1,0 +1,214 @@
+"""CRW: space-time correspondence as a contrastive random walk (Jabri, Owens & Efros, NeurIPS 2020).
+
+Each frame of a clip becomes a graph of patch nodes; a random walk moves from frame to frame
+along softmax transitions between neighbouring frames' nodes, and a walk that goes forward
+through the clip and back (a palindrome) should return to the node it started from.
+
+- Nodes: a `grid` x `grid` lattice of overlapping windows per frame (side 2 / (grid + 1) of the
+  frame, stride half that: 7 x 7 windows of 64 px on a 256 px frame), each cut with its own
+  random resized crop (area 0.7-0.9 of its window, aspect 3/4-4/3, random place) and
+  resampled to `patch_size` px: the patches of one frame are augmented independently, so a
+  node's position in its patch cannot tell which node it is.
+- Embedding: the ResNet-18 trunk with reflect padding (zero padding lets features code their
+  absolute position), its map mean-pooled per patch, an MLP head (`head_depth` hidden layers;
+  0: linear) to `embed_dim` = 128 dimensions, L2-normalised.
+- Transitions: A_t = softmax over frame t+1's nodes of q_t . q_{t+1} / T (T = temperature), and
+  the backward A_t' = softmax over frame t's nodes of the transposed logits, both through
+  `global_affinity`; edge dropout sets each transition to 0 with probability `edge_dropout`
+  and renormalises the row (= the softmax with those logits at -inf, as videowalk's code).
+- Loss: for every palindrome 0 -> 1 -> ... -> k -> ... -> 1 -> 0, k = 2 .. T - 1 (videowalk's
+  walks, which skip the trivial 2-step one), the cross-entropy of the walk's end-node
+  distribution (the product of the transition matrices) against the start node (identity
+  targets), averaged over walks.
+- `embed` is what videowalk's test.py uses: the trunk's feature map (without the head and
+  without its last `stages - embed_stages` stages: test.py removes layer4), L2-normalised,
+  for the `crw` propagation protocol.
+
+Differences from the paper, on purpose: the patch jitter is a crop in the frame's own
+coordinates (one `grid_sample` for all patches) rather than PIL RandomResizedCrop per patch;
+the whole-frame augmentation (videowalk's RandomResizedCrop of the clip) is left to the
+training data's crop; no Sinkhorn targets (videowalk's experimental option). The CPU preset
+uses a shallow stride-4 trunk on small patches (see PRESETS).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import build_backbone
+from .common import normalise_rgb
+from .registry import CorrespondenceModel, ModelConfig, register_model
+
+# Keeps log() finite for a walk probability that underflows to 0 (videowalk's EPS).
+_EPS = 1e-20
+
+
+@dataclasses.dataclass
+class CRWConfig(ModelConfig):
+    """arch/stride/width/stages: the trunk (ResNet-18; `stages` residual stages trained);
+    padding: the convolutions' padding ("reflect" as videowalk's scratch model, or "zeros");
+    embed_stages: the stages `embed` uses (videowalk evaluates without layer4: 3);
+    clip_length frames; grid: nodes per side; patch_size: patch side in pixels after the
+    jitter (a multiple of the stride); jitter_scale: (min, max) area fraction of each patch's
+    random crop of its window; head_depth: hidden layers of the MLP head (0: linear);
+    embed_dim: node embedding size; temperature of the transitions; edge_dropout: probability
+    that a transition is dropped."""
+
+    arch: str = "resnet18"
+    stride: int = 8
+    width: int = 64
+    stages: int = 4
+    padding: str = "reflect"
+    embed_stages: int = 3
+    clip_length: int = 4
+    grid: int = 7
+    patch_size: int = 64
+    jitter_scale: tuple = (0.7, 0.9)
+    head_depth: int = 1
+    embed_dim: int = 128
+    temperature: float = 0.05
+    edge_dropout: float = 0.1
+
+    def validate(self):
+        self._positive("width", "grid", "patch_size", "embed_dim", "temperature")
+        if self.clip_length < 3:
+            raise ValueError(f"CRWConfig.clip_length must be >= 3 (the shortest palindrome visits 3 frames), got {self.clip_length}")
+        if not 1 <= self.embed_stages <= self.stages:
+            raise ValueError(f"CRWConfig.embed_stages must be in [1, stages={self.stages}], got {self.embed_stages}")
+        if self.patch_size % self.stride:
+            raise ValueError(f"CRWConfig.patch_size must be a multiple of the stride {self.stride}, got {self.patch_size}")
+        if self.head_depth < 0:
+            raise ValueError(f"CRWConfig.head_depth must be >= 0, got {self.head_depth}")
+        if not 0.0 <= self.edge_dropout < 1.0:
+            raise ValueError(f"CRWConfig.edge_dropout must be in [0, 1), got {self.edge_dropout}")
+        if len(self.jitter_scale) != 2 or not 0 < self.jitter_scale[0] <= self.jitter_scale[1] <= 1:
+            raise ValueError(f"CRWConfig.jitter_scale must be (min, max) with 0 < min <= max <= 1, got {self.jitter_scale}")
+
+
+# "paper": videowalk's training command (README): clips of 4 frames, temperature 0.05, edge
+# dropout 0.1, batch 20, Adam 1e-4, 256 px frames with 7 x 7 patches of 64 px; Kinetics
+# resampled to 8 fps (DAVIS' 24 fps: gap 3); 25 epochs (about 1.5M steps of 5 clips per
+# Kinetics-400 video).
+# "cpu": a narrow shallow trunk at stride 4 (width 16, two stages: 4 x 4 cells per 16 px patch)
+# on 64 x 64 crops of the native 256p frames, so that a step takes ~0.1 s on 2 cores.
+PRESETS = {
+    "paper": dict(model_config={}, resize=256, crop=(256, 256), gaps=(3,), batch_size=20, lr=1e-4,
+                  steps=1_500_000),
+    "cpu": dict(model_config={"width": 16, "stride": 4, "stages": 2, "embed_stages": 2, "patch_size": 16},
+                gaps=(2, 3), lr=1e-3, steps=2000, schedule="cosine", resize=None, crop=(64, 64), batch_size=4,
+                ckpt_every=100, eval_max_frames=12),
+}
+
+
+def _mlp(dim_in: int, dim_out: int, depth: int) -> nn.Sequential:
+    """depth hidden layers of width dim_in (ReLU) then a linear map to dim_out; depth 0: linear."""
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Linear(dim_in, dim_in), nn.ReLU(inplace=True)]
+    layers.append(nn.Linear(dim_in, dim_out))
+    return nn.Sequential(*layers)
+
+
+@register_model("crw")
+class CRW(CorrespondenceModel):
+    """Contrastive random walk over patch nodes. Clip (B, clip_length, 3, H, W)."""
+
+    Config = CRWConfig
+
+    def __init__(self, config: CRWConfig):
+        super().__init__(config)
+        self.backbone = build_backbone(config.arch, config.stride, config.width, None, in_channels=3,
+                                       stages=config.stages, padding=config.padding)
+        self.head = _mlp(self.backbone.out_channels, config.embed_dim, config.head_depth)
+
+    @property
+    def clip_length(self) -> int:
+        return self.config.clip_length
+
+    @property
+    def stride(self) -> int:
+        return self.config.stride
+
+    def embed(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (B, 3, H, W) RGB in [0, 1] -> L2-normalised trunk features (B, C, H / stride, W / stride)."""
+        self.check_frames(frames)
+        return F.normalize(self.backbone.trunk(normalise_rgb(frames), self.config.embed_stages), dim=1)
+
+    def weights(self):
+        return {"walk": 1.0}
+
+    # -- nodes ----------------------------------------------------------------------------
+    def patch_boxes(self, n: int, h: int, w: int, device, dtype) -> torch.Tensor:
+        """Random jittered crops of the grid windows of n frames: (n, g*g, 4) as (cx, cy, sx, sy)
+        in grid_sample's normalised coordinates (centre and half-size, [-1, 1] = the frame)."""
+        c = self.config
+        g = c.grid
+        lo, hi = c.jitter_scale
+        # The windows: side 2 / (g + 1) of the frame, stride half of it (videowalk's patch grid).
+        side = 2.0 / (g + 1)  # in units of the frame side
+        starts = torch.arange(g, device=device, dtype=dtype) * side / 2
+        wy, wx = torch.meshgrid(starts, starts, indexing="ij")
+        wx, wy = wx.flatten(), wy.flatten()  # (g*g,) top-left corners, frame units in [0, 1]
+        area = lo + (hi - lo) * torch.rand(n, g * g, device=device, dtype=dtype)
+        log_ratio = (torch.rand(n, g * g, device=device, dtype=dtype) * 2 - 1) * math.log(4.0 / 3.0)
+        ratio = torch.exp(log_ratio)
+        cw = (torch.sqrt(area * ratio) * side).clamp(max=side)
+        ch = (torch.sqrt(area / ratio) * side).clamp(max=side)
+        x0 = wx + torch.rand(n, g * g, device=device, dtype=dtype) * (side - cw)
+        y0 = wy + torch.rand(n, g * g, device=device, dtype=dtype) * (side - ch)
+        # frame units [0, 1] -> normalised [-1, 1]: centre 2 * (x0 + cw / 2) - 1, half-size cw.
+        return torch.stack([2 * x0 + cw - 1, 2 * y0 + ch - 1, cw, ch], dim=-1)
+
+    def patches(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (n, 3, H, W) -> independently jittered patches (n, g*g, 3, P, P), P = patch_size."""
+        n, _, h, w = frames.shape
+        g, p = self.config.grid, self.config.patch_size
+        boxes = self.patch_boxes(n, h, w, frames.device, frames.dtype)  # (n, g*g, 4)
+        lin = (torch.arange(p, device=frames.device, dtype=frames.dtype) * 2 + 1) / p - 1  # (P,) in (-1, 1)
+        gx = boxes[..., 0, None, None] + boxes[..., 2, None, None] * lin.view(1, 1, 1, p)  # (n, g*g, 1, P)
+        gy = boxes[..., 1, None, None] + boxes[..., 3, None, None] * lin.view(1, 1, p, 1)  # (n, g*g, P, 1)
+        grid = torch.stack(torch.broadcast_tensors(gx, gy), dim=-1)  # (n, g*g, P, P, 2)
+        out = F.grid_sample(frames, grid.reshape(n, g * g * p, p, 2), mode="bilinear", padding_mode="border",
+                            align_corners=False)  # (n, 3, g*g*P, P)
+        return out.view(n, 3, g * g, p, p).transpose(1, 2)
+
+    def nodes(self, clip: torch.Tensor) -> torch.Tensor:
+        """clip (B, T, 3, H, W) -> L2-normalised node embeddings (B, T, g*g, embed_dim)."""
+        b, t = clip.shape[:2]
+        patches = self.patches(normalise_rgb(clip.flatten(0, 1)))  # (B*T, N, 3, P, P)
+        n = patches.shape[1]
+        maps = self.backbone.trunk(patches.flatten(0, 1))  # (B*T*N, C, p, p)
+        feats = self.head(maps.mean(dim=(2, 3)))
+        return F.normalize(feats, dim=-1).view(b, t, n, -1)
+
+    # -- walks ----------------------------------------------------------------------------
+    def transition(self, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+        """src (B, N, D), dst (B, M, D) -> row-stochastic (B, N, M) with edge dropout in training."""
+        a = self.ops.global_affinity(src, dst, scale=1.0 / self.config.temperature)
+        p = self.config.edge_dropout
+        if self.training and p > 0:
+            keep = (torch.rand_like(a) >= p).to(a.dtype)
+            a = a * keep
+            a = a / a.sum(-1, keepdim=True).clamp_min(_EPS)
+        return a
+
+    def walk_losses(self, q: torch.Tensor) -> list[torch.Tensor]:
+        """q (B, T, N, D) -> the cross-entropy of each palindrome 0..k..0, k = 2 .. T - 1."""
+        b, t, n, _ = q.shape
+        forward = [self.transition(q[:, i], q[:, i + 1]) for i in range(t - 1)]
+        backward = [self.transition(q[:, i + 1], q[:, i]) for i in range(t - 1)]
+        target = torch.arange(n, device=q.device).repeat(b)
+        losses = []
+        for k in range(2, t):
+            walk = forward[0]
+            for a in forward[1:k] + backward[:k][::-1]:
+                walk = walk @ a
+            losses.append(F.nll_loss(torch.log(walk + _EPS).flatten(0, 1), target))
+        return losses
+
+    def loss_terms(self, clip):
+        return {"walk": torch.stack(self.walk_losses(self.nodes(clip))).mean()}
