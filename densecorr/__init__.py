@@ -8,6 +8,8 @@ See README.md for the API table and the backends (densecorr.backends).
 """
 from densecorr import _ext
 from densecorr import reference  # noqa: F401  (registers the reference backend)
+from densecorr.backends import extension as _extension_backends  # noqa: F401  (registers cpu, cuda)
+from densecorr.backends import triton as _triton_backend  # noqa: F401  (declares triton; kernels load on use)
 from densecorr._ext import build_info
 from densecorr.backends import available as available_backends
 from densecorr.ops import (

@@ -11,11 +11,13 @@ Computation is in the inputs' dtype, except float16/bfloat16, which accumulate i
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 
-from densecorr.backends import register_kernel
+from densecorr.backends import Backend, python_kernel, register_backend, register_kernel
+from densecorr.geometry import axis_index, window_offsets, window_size  # noqa: F401  (window_size: re-exported)
+
+DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+register_backend(Backend("reference", None, DTYPES, lambda: None, python_kernel("reference")))
 
 # Elements (of the largest intermediate) per chunk; tests lower it to exercise chunking.
 CHUNK_ELEMENTS = 1 << 22
@@ -132,49 +134,13 @@ def project_coords_bwd(grad_coords, q, k, coords, lse, scale: float):
 # --------------------------------------------------------------------------- local windows
 
 
-@lru_cache(maxsize=64)
-def window_offsets(radius: int, window: str) -> tuple[tuple[int, int], ...]:
-    """The (i, j) window-grid cells (0..2r each) in the window, row-major (DESIGN order)."""
-    side = range(2 * radius + 1)
-    return tuple(
-        (i, j) for i in side for j in side if window == "square" or (i - radius) ** 2 + (j - radius) ** 2 <= radius**2
-    )
-
-
-def window_size(radius: int, window: str) -> int:
-    """P: the number of positions in one reference's window (no cache: traced by torch.compile)."""
-    if window == "square":
-        return (2 * radius + 1) ** 2
-    return sum(1 for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1) if dy * dy + dx * dx <= radius * radius)
-
-
-def _axis_table(n: int, radius: int, dilation: int, boundary: str, device):
-    """For an image axis of length n: (index (2r+1, n) long, valid (2r+1, n) bool).
-
-    index[i, y] is the key coordinate of window cell i for query coordinate y (clamped
-    into the image where invalid); "clamp" shifts the window inside the image along the
-    query's dilation sub-grid (NATTEN's rule), so every cell is valid.
-    """
-    y = torch.arange(n, device=device)
-    cells = torch.arange(2 * radius + 1, device=device)[:, None]
-    if boundary == "clamp":
-        residue, pos = y % dilation, y // dilation
-        length = (n - residue + dilation - 1) // dilation  # size of y's sub-grid
-        start = torch.minimum((pos - radius).clamp(min=0), length - (2 * radius + 1))
-        index = residue + (start + cells) * dilation
-        return index, torch.ones_like(index, dtype=torch.bool)
-    index = y + (cells - radius) * dilation
-    valid = (index >= 0) & (index < n)
-    return index.clamp(0, n - 1), valid
-
-
 class _Windows:
     """Window geometry of one local op call: per window row i, the columns j it keeps."""
 
     def __init__(self, H, W, radius, dilation, boundary, window, device):
         self.boundary = boundary
-        self.rows, self.row_valid = _axis_table(H, radius, dilation, boundary, device)
-        self.cols, self.col_valid = _axis_table(W, radius, dilation, boundary, device)
+        self.rows, self.row_valid = axis_index(H, radius, dilation, boundary, device)
+        self.cols, self.col_valid = axis_index(W, radius, dilation, boundary, device)
         by_row: dict[int, list[int]] = {}
         for i, j in window_offsets(radius, window):
             by_row.setdefault(i, []).append(j)

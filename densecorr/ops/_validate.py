@@ -8,9 +8,13 @@ import numbers
 import torch
 
 from densecorr.backends import BACKENDS
+from densecorr.geometry import BOUNDARIES, WINDOWS  # noqa: F401  (re-exported)
 
-BOUNDARIES = ("mask", "zero", "clamp")
-WINDOWS = ("square", "circle")
+# Under torch.compile(dynamic=True) (or mark_dynamic) sizes and Python scalars arrive as
+# torch.SymInt / torch.SymFloat: the checks accept them and compare them symbolically
+# (a guard), never forcing them to a static value.
+_INTS = (numbers.Integral, torch.SymInt)
+_REALS = (numbers.Real, torch.SymInt, torch.SymFloat)
 
 
 class Checker:
@@ -53,19 +57,18 @@ class Checker:
             self.fail(f"mismatched {what}: {desc}")
 
     def scale(self, value) -> float:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if isinstance(value, bool) or not isinstance(value, _REALS):
             self.fail(f"scale must be a real number, got {type(value).__name__}", TypeError)
-        value = float(value)
-        if not math.isfinite(value):
+        if not (-math.inf < value < math.inf):  # not math.isfinite: traceable for a SymFloat too
             self.fail(f"scale must be finite, got {value}")
-        return value
+        return float(value) if isinstance(value, (int, numbers.Integral)) else value
 
     def integer(self, name: str, value, minimum: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, bool) or not isinstance(value, _INTS):
             self.fail(f"{name} must be an int, got {type(value).__name__}", TypeError)
         if value < minimum:
             self.fail(f"{name} must be >= {minimum}, got {value}")
-        return int(value)
+        return value if isinstance(value, (int, torch.SymInt)) else int(value)
 
     def topk(self, value, n_keys: int, what: str) -> int:
         """0 for None (all keys), else 1 <= topk <= n_keys."""

@@ -12,10 +12,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from densecorr import backends
-from densecorr.ops._validate import BOUNDARIES, WINDOWS, Checker
+from densecorr import backends, geometry
+from densecorr.geometry import BOUNDARIES, WINDOWS, window_size
+from densecorr.ops._validate import Checker
 from densecorr.ops.global_ops import stats_dtype
-from densecorr.reference import window_size
 
 # --------------------------------------------------------------------------- custom ops
 

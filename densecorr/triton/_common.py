@@ -20,7 +20,8 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import constexpr_function
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+from densecorr.backends.triton import DTYPES as FLOAT_DTYPES  # the backend's declaration
+
 # Smallest key: below every packed (logit, index), including logit -inf.
 KEY_MIN = tl.constexpr(-(2**63))
 
@@ -54,7 +55,7 @@ def check_dtype(name: str, *tensors: torch.Tensor) -> None:
     dtype = tensors[0].dtype
     if dtype not in FLOAT_DTYPES:
         raise RuntimeError(f"densecorr triton {name}: dtype {dtype} is not supported "
-                           f"(float32, float16, bfloat16)")
+                           f"({', '.join(str(d).replace('torch.', '') for d in FLOAT_DTYPES)})")
     for t in tensors[1:]:
         if t.dtype != dtype:
             raise RuntimeError(f"densecorr triton {name}: mixed dtypes {dtype} and {t.dtype}")

@@ -19,33 +19,26 @@ import torch
 import triton
 import triton.language as tl
 
+from densecorr import geometry
 from densecorr.backends import register_kernel
 from densecorr.triton._common import (
     KEY_MIN, check_dtype, device_context, floor_pow2, merge_topk, pack_keys, pow2, unpack_keys,
 )
 
-BOUNDARIES = {"mask": 0, "zero": 1, "clamp": 2}
+BOUNDARIES = {name: code for code, name in enumerate(geometry.BOUNDARIES)}  # mask 0, zero 1, clamp 2
+assert BOUNDARIES == {"mask": 0, "zero": 1, "clamp": 2}  # the kernels' BOUNDARY codes
 _TABLES: dict = {}
 
 
 def window_cells(radius: int, window: str, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(wy, wx): int32 (P,) grid cells of the window in row-major order; grid_to_p: int32
-    ((2r+1)^2,) the position index p of each grid cell, -1 outside a circle window."""
+    """(wy, wx): int32 (P,) grid cells of the window in window order; grid_to_p: int32
+    ((2r+1)^2,) the position index p of each grid cell, -1 outside a circle window
+    (densecorr.geometry.window_tables, cached per device)."""
+    if window not in geometry.WINDOWS:
+        raise RuntimeError(f"local attention: window must be one of {geometry.WINDOWS}, not {window!r}")
     key = (radius, window, str(device))
     if key not in _TABLES:
-        size = 2 * radius + 1
-        ky, kx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-        ky, kx = ky.flatten(), kx.flatten()
-        if window == "circle":
-            inside = (ky - radius) ** 2 + (kx - radius) ** 2 <= radius * radius
-        elif window == "square":
-            inside = torch.ones_like(ky, dtype=torch.bool)
-        else:
-            raise RuntimeError(f"local attention: window must be 'square' or 'circle', not {window!r}")
-        grid_to_p = torch.full((size * size,), -1, dtype=torch.int32)
-        grid_to_p[inside] = torch.arange(int(inside.sum()), dtype=torch.int32)
-        _TABLES[key] = tuple(t.to(torch.int32).contiguous().to(device)
-                             for t in (ky[inside], kx[inside], grid_to_p))
+        _TABLES[key] = geometry.window_tables(radius, window, device)
     return _TABLES[key]
 
 
@@ -53,10 +46,9 @@ def boundary_code(boundary: str, radius: int, dilation: int, H: int, W: int) -> 
     if boundary not in BOUNDARIES:
         raise RuntimeError(f"local attention: boundary must be one of {tuple(BOUNDARIES)}, "
                            f"not {boundary!r}")
-    span = (2 * radius + 1) * dilation
-    if boundary == "clamp" and (H < span or W < span):
+    if boundary == "clamp" and not geometry.clamp_fits(H, W, radius, dilation):
         raise RuntimeError(f"local attention: boundary='clamp' needs H, W >= (2*radius+1)*dilation "
-                           f"= {span}, got H={H}, W={W}")
+                           f"= {(2 * radius + 1) * dilation}, got H={H}, W={W}")
     return BOUNDARIES[boundary]
 
 
