@@ -71,7 +71,8 @@ def cli_args(cfg: TrainConfig, out: str) -> list[str]:
     path = os.path.join(os.path.dirname(out), os.path.basename(out) + ".json")
     with open(path, "w") as f:
         json.dump(cfg.to_dict(), f)
-    return ["-m", "densecorr.training", "--config", path, "--out", out, "--quiet", "--preset", "cpu"]
+    # The file holds every field; the paper presets' model_config is {}, so the run's model is exactly cfg's.
+    return ["-m", "densecorr.training", "--config", path, "--out", out, "--quiet", "--preset", "paper"]
 
 
 def final_state(out: str) -> dict:
