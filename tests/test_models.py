@@ -30,7 +30,7 @@ TINY = {
     "cycletime": dict(width=4, out_dim=16, frame_size=64, patch_cells=4, regressor_channels=16, clip_length=3),
     "corrflow": dict(width=8, out_dim=16, radius=2, clip_length=3),
     "mast": dict(width=8, out_dim=16, radius=2, roi_radius=1, roi_dilation=2),
-    "uvc": dict(width=8, out_dim=16, colour_dim=16),
+    "uvc": dict(width=8, out_dim=16, colour_dim=16, warmup_epochs=0),  # the localisation stage
 }
 SIZE = 64  # clip side in tests (pixels): 16 x 16 feature cells at stride 4, 8 x 8 at stride 8
 
