@@ -35,7 +35,7 @@ class DavisSequence:
         return self.frames.names
 
     def mask(self, i: int) -> np.ndarray:
-        """Ground-truth ids (H, W) uint8 of frame i."""
+        """Ground-truth ids (H, W) of frame i (uint8, or uint16 from 16-bit PNGs; see read_mask)."""
         path = self.mask_files[i]
         if path is None:
             raise DataError(f"sequence {self.name!r} has no annotation for frame {self.names[i]}")
@@ -130,8 +130,10 @@ def parse_imageset(path: str) -> list[str]:
 
 
 def object_ids(mask: np.ndarray) -> list[int]:
-    """The object ids present in a mask (excluding background 0 and DAVIS 'void' 255)."""
-    return [int(i) for i in np.unique(mask) if 0 < i < 255]
+    """The object ids present in a mask: every value but background 0 and, in 8-bit masks,
+    DAVIS 'void' 255 (16-bit masks, read from 16-bit PNGs, have no void value: 255 is an id)."""
+    void = 255 if mask.dtype == np.uint8 else None
+    return [int(i) for i in np.unique(mask) if i != 0 and i != void]
 
 
 __all__ = ["Davis", "DavisSequence", "parse_imageset", "object_ids", "list_images"]

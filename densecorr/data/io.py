@@ -1,8 +1,10 @@
 """Reading frames (image folders, video files) and label masks; writing palette masks.
 
-Frames are returned as uint8 numpy arrays (H, W, 3), RGB. Masks are uint8 arrays (H, W) of
-object ids (0 = background). Everything is read lazily, one frame at a time, so that a
-sequence of any length can be processed in bounded memory.
+Frames are returned as uint8 numpy arrays (H, W, 3), RGB. Masks are arrays (H, W) of object
+ids (0 = background): uint8 when read from an 8-bit image, uint16 from a 16-bit one (up to
+65535 objects; written back as 16-bit PNGs, so ids above 255 are kept). Everything is read
+lazily, one frame at a time, so that a sequence of any length can be processed in bounded
+memory.
 """
 from __future__ import annotations
 
@@ -48,15 +50,19 @@ def read_image(path: str) -> np.ndarray:
 
 
 def read_mask(path: str) -> np.ndarray:
-    """A label mask as uint8 (H, W) of object ids, 0 = background.
+    """A label mask (H, W) of object ids, 0 = background.
 
     Accepted encodings:
     - palette-indexed PNG (DAVIS-2017, several objects): pixel value = palette index = object id;
     - 8-bit grayscale with values {0, 255} (DAVIS-2016, one object): 255 becomes id 1;
     - 8-bit grayscale with small values (< 128): taken as ids; other grayscale masks are
       thresholded at 128 (anti-aliased binary masks);
+    - 16-bit grayscale (more than 255 objects): values {0, 65535} are one object (id 1), any
+      other values are ids, kept as they are (uint16);
     - 1-bit images: id 1 where set.
-    RGB masks are refused (colours are ambiguous): save them palette-indexed.
+    8-bit encodings give uint8 masks, 16-bit ones uint16. RGB masks are refused (colours are
+    ambiguous): save them palette-indexed. 32-bit masks are accepted when their values fit
+    16 bits, else refused.
     """
     try:
         with Image.open(path) as im:
@@ -65,7 +71,9 @@ def read_mask(path: str) -> np.ndarray:
                 return np.array(im, dtype=np.uint8)
             if mode == "1":
                 return np.array(im, dtype=np.uint8)
-            if mode in ("L", "I", "I;16", "LA"):
+            if mode in ("I;16", "I;16B", "I;16L", "I"):
+                return wide_to_ids(np.array(im), path)
+            if mode in ("L", "LA"):
                 arr = np.array(im.convert("L") if mode != "L" else im)
             elif mode in ("RGB", "RGBA"):
                 arr = np.asarray(im.convert("RGB"))
@@ -87,8 +95,18 @@ def read_mask(path: str) -> np.ndarray:
     return grayscale_to_ids(arr)
 
 
+def wide_to_ids(arr: np.ndarray, path: str = "mask") -> np.ndarray:
+    """Object ids (uint16) from a 16- or 32-bit grayscale mask: {0, 65535} is one object (id 1),
+    other values are ids; values outside [0, 65535] are refused (DataError)."""
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 65535):
+        raise DataError(f"mask {path!r} holds values outside 0..65535 ({int(arr.min())}..{int(arr.max())}); object ids must fit 16 bits")
+    if np.isin(np.unique(arr), (0, 65535)).all():
+        return (arr == 65535).astype(np.uint8)
+    return arr.astype(np.uint16)
+
+
 def grayscale_to_ids(arr: np.ndarray) -> np.ndarray:
-    """Object ids from a grayscale mask (see read_mask for the rule)."""
+    """Object ids from an 8-bit grayscale mask (see read_mask for the rule)."""
     values = np.unique(arr)
     if np.isin(values, (0, 255)).all():
         return (arr == 255).astype(np.uint8)
@@ -113,11 +131,22 @@ def davis_palette() -> list[int]:
 
 
 def write_mask(path: str, mask: np.ndarray) -> None:
-    """Save an (H, W) id mask as a palette-indexed PNG (pixel value = object id)."""
+    """Save an (H, W) id mask as a PNG that `read_mask` reads back to the same ids: a
+    palette-indexed PNG (pixel value = object id, DAVIS colours) when every id is < 256, else
+    a 16-bit grayscale PNG (ids up to 65535; ValueError above, or for negative ids)."""
+    mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask must be (H, W), got shape {tuple(mask.shape)}")
-    if mask.size and int(mask.max()) > 255:
-        raise ValueError(f"mask ids must be < 256, got max {int(mask.max())}")
+    top = int(mask.max()) if mask.size else 0
+    if mask.size and int(mask.min()) < 0:
+        raise ValueError(f"mask ids must be >= 0, got min {int(mask.min())}")
+    if top > 65535:
+        raise ValueError(f"mask ids must be < 65536, got max {top}")
+    if top > 255:
+        if np.isin(np.unique(mask), (0, 65535)).all():
+            raise ValueError("a mask whose only object id is 65535 reads back as id 1; renumber the object")
+        Image.fromarray(mask.astype(np.uint16)).save(path)  # mode I;16
+        return
     im = Image.fromarray(mask.astype(np.uint8), mode="P")
     im.putpalette(davis_palette())
     im.save(path)
@@ -128,7 +157,8 @@ def overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
     pal = np.asarray(davis_palette(), dtype=np.float32).reshape(256, 3)
     out = frame.astype(np.float32).copy()
     fg = mask > 0
-    out[fg] = (1 - alpha) * out[fg] + alpha * pal[mask[fg]]
+    ids = mask[fg].astype(np.int64)
+    out[fg] = (1 - alpha) * out[fg] + alpha * pal[(ids - 1) % 255 + 1]  # ids > 255 reuse the colours 1..255
     edge = np.zeros_like(fg)
     edge[:, 1:] |= mask[:, 1:] != mask[:, :-1]
     edge[1:, :] |= mask[1:, :] != mask[:-1, :]
@@ -140,13 +170,23 @@ class FrameSource:
     """The frames of a video: a folder of images or a video file (mp4, avi, webm, ... via PyAV).
 
     `len(source)` is the number of frames, `source.names` the frame names used for outputs
-    (image stems, or 00000, 00001, ... for video files), `source[i]` / iteration give uint8
-    (H, W, 3) RGB arrays. Folders are read one image at a time; video files are decoded
-    sequentially (random access re-decodes from the start, so iterate in order).
+    (image stems, or 00000, 00001, ... for video files; `source.name(i)` also past the end),
+    `source[i]` / iteration give uint8 (H, W, 3) RGB arrays. Folders are read one image at a
+    time; video files are decoded sequentially (random access re-decodes from the start, so
+    iterate in order).
+
+    A video's frame count comes from its container's metadata (the stream's frame count), not
+    from decoding it. Where the container does not state it (webm, mkv), `count="exact"` (the
+    default) decodes the video once to count, and `count="estimate"` takes duration x frame
+    rate instead: then `len` is only a hint (for progress bars) and iteration yields every
+    frame that decodes, however many.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, count: str = "exact"):
+        if count not in ("exact", "estimate"):
+            raise ValueError(f"count must be 'exact' or 'estimate', got {count!r}")
         self.path = path
+        self.exact = True
         if os.path.isdir(path):
             self.files = list_images(path)
             self.names = [os.path.splitext(os.path.basename(f))[0] for f in self.files]
@@ -154,10 +194,16 @@ class FrameSource:
         elif os.path.isfile(path):
             self.files = None
             self.kind = "video"
-            self._count = self._count_frames()
+            self._count = self._count_frames(count)
             self.names = [f"{i:05d}" for i in range(self._count)]
         else:
             raise DataError(f"{path!r} is neither a folder of frames nor a video file")
+
+    def name(self, i: int) -> str:
+        """The output name of frame i (also for frames past a video's estimated count)."""
+        if i < len(self.names):
+            return self.names[i]
+        return f"{i:05d}"
 
     def _open(self):
         try:
@@ -169,9 +215,21 @@ class FrameSource:
         except Exception as exc:  # PyAV raises many error types (av.error.*)
             raise DataError(f"cannot open video {self.path!r} ({exc}); pass a readable video or a folder of frames") from None
 
-    def _count_frames(self) -> int:
-        n = 0
-        for _ in self._decode():
+    def _count_frames(self, count: str) -> int:
+        container = self._open()
+        try:
+            if not container.streams.video:
+                raise DataError(f"{self.path!r} has no video stream")
+            stream = container.streams.video[0]
+            n = int(stream.frames or 0)
+            if n <= 0 and count == "estimate" and container.duration and stream.average_rate:
+                n = max(1, round(container.duration / 1e6 * float(stream.average_rate)))
+                self.exact = False
+        finally:
+            container.close()
+        if n > 0:
+            return n
+        for _ in self._decode():  # the container does not say: count by decoding
             n += 1
         if n == 0:
             raise DataError(f"video {self.path!r} has no decodable frames")
@@ -200,13 +258,15 @@ class FrameSource:
         if self.kind == "folder":
             for f in self.files:
                 yield read_image(f)
-        else:
-            n = 0
-            for arr in self._decode():
-                if n >= self._count:
-                    break
-                n += 1
-                yield arr
+            return
+        n = 0
+        for arr in self._decode():
+            if self.exact and n >= self._count:
+                break
+            n += 1
+            yield arr
+        if n == 0:
+            raise DataError(f"video {self.path!r} has no decodable frames")
 
     def __getitem__(self, i: int) -> np.ndarray:
         if not -len(self) <= i < len(self):
