@@ -1,5 +1,6 @@
-// The kernel ops' schemas (one place). The Python module init is in python_module.cpp,
-// so that CMake can build this and the kernels into a plain C++ library.
+// The kernel ops' schemas (one place), and the build-information op. The Python module
+// stub is in python_module.cpp, so that CMake can build this and the kernels into a plain
+// C++ library. Everything is written against the LibTorch stable ABI (stable_api.h).
 //
 // The kernel ops live in the `densecorr_ext` namespace and take contiguous tensors in a
 // fixed layout; the public, validated, autograd-aware ops (`torch.ops.densecorr.*`) are
@@ -15,9 +16,10 @@
 //            out (B, C, H, W); lse (B, H, W); idx (B, H, W, topk) int64 window positions.
 //            boundary in {"mask", "zero", "clamp"}, window in {"square", "circle"}.
 //   project: q (B, N, D), k (B, D, H, W); coords (B, N, 2) as (x, y); lse (B, N).
-#include <torch/library.h>
+#include "stable_api.h"
+#include "cpu/common.h"
 
-TORCH_LIBRARY(densecorr_ext, m) {
+STABLE_TORCH_LIBRARY(densecorr_ext, m) {
   m.def("global_attention_fwd(Tensor q, Tensor k, Tensor v, float scale, int topk) -> (Tensor, Tensor, Tensor)");
   m.def("global_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor idx, float scale) -> (Tensor, Tensor, Tensor)");
   m.def("local_affinity_fwd(Tensor q, Tensor k, int radius, int dilation, float scale, bool normalize, str boundary, str window) -> Tensor");
@@ -28,5 +30,21 @@ TORCH_LIBRARY(densecorr_ext, m) {
   m.def("local_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor idx, int radius, int dilation, float scale, str boundary, str window) -> (Tensor, Tensor, Tensor)");
   m.def("project_coords_fwd(Tensor q, Tensor k, float scale) -> (Tensor, Tensor)");
   m.def("project_coords_bwd(Tensor grad_coords, Tensor q, Tensor k, Tensor coords, Tensor lse, float scale) -> (Tensor, Tensor)");
+  // What this build contains, as bits: 1 CUDA kernels, 4 the AVX2+FMA CPU kernels
+  // run now (else the baseline x86-64 ones). Read by densecorr.build_info().
+  m.def("build_flags() -> int");
 }
+
+namespace {
+int64_t build_flags() {
+  int64_t flags = 0;
+#ifdef WITH_CUDA
+  flags |= 1;
+#endif
+  if (densecorr_cpu::use_avx2()) flags |= 4;
+  return flags;
+}
+}  // namespace
+
+STABLE_TORCH_LIBRARY_IMPL(densecorr_ext, CompositeExplicitAutograd, m) { m.impl("build_flags", TORCH_BOX(&build_flags)); }
 

@@ -1,38 +1,18 @@
-// densecorr._C's Python module: build information (not an op, so plain pybind11).
-// Importing the module loads the library, which registers the kernel ops (densecorr.cpp).
-#include <torch/extension.h>
+// densecorr._C as a Python module: an empty module of the Python limited API (abi3), so that
+// `import densecorr._C` loads the library, whose static initialisers register the kernel ops
+// with the dispatcher (densecorr.cpp, cpu/, cuda/). Build information is an op
+// (densecorr_ext::build_flags), not a Python function: nothing here depends on torch.
+#include <Python.h>
 
-#include "cpu/common.h"
-
-namespace {
-// What this build contains, for densecorr.build_info() (not an op: plain pybind11).
-pybind11::dict build_info() {
-  pybind11::dict info;
-#ifdef WITH_CUDA
-  info["cuda"] = true;
-#else
-  info["cuda"] = false;
-#endif
-#ifdef _OPENMP
-  info["openmp"] = true;
-#else
-  info["openmp"] = false;
-#endif
-  info["cpu_capability"] = at::get_cpu_capability();
-  // The CPU kernels are compiled for AVX2+FMA and baseline x86-64; which one runs now.
-  info["cpu_simd"] = densecorr_cpu::use_avx2() ? "avx2" : "base";
-  info["compiler"] =
-#if defined(__clang__)
-      std::string("clang ") + __clang_version__;
-#elif defined(__GNUC__)
-      std::string("gcc ") + __VERSION__;
-#else
-      std::string("unknown");
-#endif
-  return info;
+extern "C" {
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT,
+      "_C",  // name
+      "densecorr's compiled kernels (registered as torch.ops.densecorr_ext.*)",
+      -1,    // per-interpreter state: none
+      nullptr,
+  };
+  return PyModule_Create(&module_def);
 }
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("build_info", &build_info, "What this build of densecorr._C contains.");
 }

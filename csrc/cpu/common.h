@@ -2,9 +2,7 @@
 // SIMD variant, window geometry of the local ops, and the streaming top-k buffer.
 #pragma once
 
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+#include "../stable_api.h"
 
 #include <algorithm>
 #include <cmath>
@@ -35,7 +33,13 @@ inline bool use_avx2() {
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 inline int64_t ceil_div(int64_t x, int64_t m) { return (x + m - 1) / m; }
 
-// at::parallel_for grain for tasks of `work` multiply-adds each: calls with under ~2^18 of
+// at::parallel_for through the stable ABI (torch's thread pool, same grain semantics).
+template <class F>
+inline void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
+  torch::stable::parallel_for(begin, end, grain, f);
+}
+
+// parallel_for grain for tasks of `work` multiply-adds each: calls with under ~2^18 of
 // work in total run on the calling thread (a parallel region costs more than they do).
 inline int64_t grain_for(int64_t work) {
   return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, work));
@@ -47,7 +51,8 @@ inline Boundary parse_boundary(const std::string& b) {
   if (b == "mask") return Boundary::Mask;
   if (b == "zero") return Boundary::Zero;
   if (b == "clamp") return Boundary::Clamp;
-  TORCH_CHECK(false, "densecorr cpu: boundary must be \"mask\", \"zero\" or \"clamp\", got \"", b, "\"");
+  DC_CHECK(false, "densecorr cpu: boundary must be \"mask\", \"zero\" or \"clamp\", got \"", b, "\"");
+  return Boundary::Mask;
 }
 
 // Window start along one axis for boundary="clamp" (NATTEN's rule, as the reference): the
@@ -75,12 +80,12 @@ struct Window {
   Window(int64_t radius, int64_t dilation, int64_t T_, int64_t H_, int64_t W_, const std::string& bnd,
          const std::string& shape)
       : r(radius), dil(dilation), T(T_), H(H_), W(W_), boundary(parse_boundary(bnd)) {
-    TORCH_CHECK(radius >= 0, "densecorr cpu: radius must be >= 0, got ", radius);
-    TORCH_CHECK(dilation >= 1, "densecorr cpu: dilation must be >= 1, got ", dilation);
-    TORCH_CHECK(shape == "square" || shape == "circle",
+    DC_CHECK(radius >= 0, "densecorr cpu: radius must be >= 0, got ", radius);
+    DC_CHECK(dilation >= 1, "densecorr cpu: dilation must be >= 1, got ", dilation);
+    DC_CHECK(shape == "square" || shape == "circle",
                 "densecorr cpu: window must be \"square\" or \"circle\", got \"", shape, "\"");
     if (boundary == Boundary::Clamp) {
-      TORCH_CHECK(H >= (2 * r + 1) * dil && W >= (2 * r + 1) * dil,
+      DC_CHECK(H >= (2 * r + 1) * dil && W >= (2 * r + 1) * dil,
                   "densecorr cpu: boundary=\"clamp\" needs H and W >= (2*radius+1)*dilation = ",
                   (2 * r + 1) * dil, ", got H=", H, ", W=", W);
     }
@@ -159,9 +164,10 @@ struct TopK {
   }
 };
 
-inline void check_cpu_input(const at::Tensor& t, const char* name, at::ScalarType dtype) {
-  TORCH_CHECK(t.device().is_cpu(), "densecorr cpu: ", name, " must be a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == dtype, "densecorr cpu: ", name, " must be ", dtype, ", got ", t.scalar_type());
+inline void check_cpu_input(const densecorr::Tensor& t, const char* name, densecorr::ScalarType dtype) {
+  DC_CHECK(t.is_cpu(), "densecorr cpu: ", name, " must be a CPU tensor, got ", densecorr::device_name(t));
+  DC_CHECK(t.scalar_type() == dtype, "densecorr cpu: ", name, " must be ", densecorr::dtype_name(dtype), ", got ",
+           densecorr::dtype_name(t.scalar_type()));
 }
 
 }  // namespace densecorr_cpu

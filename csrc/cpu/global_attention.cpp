@@ -22,37 +22,43 @@
 namespace densecorr_cpu {
 namespace {
 
-using at::Tensor;
+using densecorr::dense;
+using densecorr::ptr;
+using densecorr::shape;
+using densecorr::Tensor;
+namespace st = torch::stable;
 
 #define DC_DISPATCH_ISA(fn, ...) (use_avx2() ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
 
-constexpr int64_t vec_width(at::ScalarType t) { return t == at::kFloat ? 8 : 4; }
+constexpr int64_t vec_width(densecorr::ScalarType t) { return t == densecorr::ScalarType::Float ? 8 : 4; }
 
 // x (B, R, Cx) -> zero-padded (B, round_up(R, rw), round_up(Cx, cw)).
 Tensor pad_rows_cols(const Tensor& x, int64_t rw, int64_t cw) {
   const int64_t R = x.size(1), Cx = x.size(2);
-  Tensor p = at::zeros({x.size(0), round_up(R, rw), round_up(Cx, cw)}, x.options());
-  p.narrow(1, 0, R).narrow(2, 0, Cx).copy_(x);
+  Tensor p = densecorr::zeros({x.size(0), round_up(R, rw), round_up(Cx, cw)}, x);
+  Tensor inner = densecorr::narrow(densecorr::narrow(p, 1, 0, R), 2, 0, Cx);
+  densecorr::copy_(inner, x);
   return p;
 }
 
 // k (B, M, D) -> (B, Mq / PW, D, PW), Mq = round_up(M, PW): key panels for gemm_packed.
 Tensor pack_panels(const Tensor& k, int64_t PW) {
   const int64_t B = k.size(0), M = k.size(1), D = k.size(2), Mq = round_up(M, PW);
-  Tensor p = at::zeros({B, Mq, D}, k.options());
-  p.narrow(1, 0, M).copy_(k);
-  return p.view({B, Mq / PW, PW, D}).transpose(2, 3).contiguous();
+  Tensor p = densecorr::zeros({B, Mq, D}, k);
+  Tensor head = densecorr::narrow(p, 1, 0, M);
+  densecorr::copy_(head, k);
+  return st::contiguous(st::transpose(st::view(p, {B, Mq / PW, PW, D}), 2, 3));
 }
 
 void check_global(const Tensor& q, const Tensor& k, const Tensor& v) {
-  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3,
-              "densecorr cpu global_attention: q, k, v must be (B, N, D), (B, M, D), (B, M, C), got ", q.sizes(),
-              ", ", k.sizes(), ", ", v.sizes());
-  TORCH_CHECK(q.size(0) == k.size(0) && k.size(0) == v.size(0) && q.size(2) == k.size(2) && k.size(1) == v.size(1),
-              "densecorr cpu global_attention: mismatched shapes q ", q.sizes(), ", k ", k.sizes(), ", v ", v.sizes());
+  DC_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3,
+           "densecorr cpu global_attention: q, k, v must be (B, N, D), (B, M, D), (B, M, C), got ", shape(q), ", ",
+           shape(k), ", ", shape(v));
+  DC_CHECK(q.size(0) == k.size(0) && k.size(0) == v.size(0) && q.size(2) == k.size(2) && k.size(1) == v.size(1),
+           "densecorr cpu global_attention: mismatched shapes q ", shape(q), ", k ", shape(k), ", v ", shape(v));
   for (auto* t : {&q, &k, &v}) check_cpu_input(*t, "q/k/v", q.scalar_type());
-  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble,
-              "densecorr cpu: float32 or float64 tensors only, got ", q.scalar_type());
+  DC_CHECK(q.scalar_type() == densecorr::ScalarType::Float || q.scalar_type() == densecorr::ScalarType::Double,
+           "densecorr cpu: float32 or float64 tensors only, got ", densecorr::dtype_name(q.scalar_type()));
 }
 
 // Shared by global_attention_fwd and project_coords_fwd. v_or_vp: v (B, M, C) for topk,
@@ -64,31 +70,47 @@ void run_fwd(const Tensor& q, const Tensor& k, const Tensor& v_or_vp, bool share
   Tensor kpk = pack_panels(k, 2 * W);
   if (topk > 0) {
     const int64_t vstride = shared_v ? 0 : M * C;
-    DC_DISPATCH_ISA(global_fwd_topk<T>, q.data_ptr<T>(), kpk.data_ptr<T>(), v_or_vp.data_ptr<T>(), vstride,
-                    out.data_ptr<T>(), lse.data_ptr<T>(), idx.data_ptr<int64_t>(), B, N, M, D, C, T(scale), topk);
+    DC_DISPATCH_ISA(global_fwd_topk<T>, ptr<T>(q), ptr<T>(kpk), ptr<T>(v_or_vp), vstride, ptr<T>(out), ptr<T>(lse),
+                    ptr<int64_t>(idx), B, N, M, D, C, T(scale), topk);
   } else {
     const int64_t vstride = shared_v ? 0 : round_up(M, 2 * W) * round_up(C, W);
-    DC_DISPATCH_ISA(global_fwd_dense<T>, q.data_ptr<T>(), kpk.data_ptr<T>(), v_or_vp.data_ptr<T>(), vstride,
-                    out.data_ptr<T>(), lse.data_ptr<T>(), B, N, M, D, C, T(scale));
+    DC_DISPATCH_ISA(global_fwd_dense<T>, ptr<T>(q), ptr<T>(kpk), ptr<T>(v_or_vp), vstride, ptr<T>(out), ptr<T>(lse),
+                    B, N, M, D, C, T(scale));
   }
 }
 
 std::tuple<Tensor, Tensor, Tensor> global_attention_fwd(const Tensor& q_, const Tensor& k_, const Tensor& v_,
                                                         double scale, int64_t topk) {
   check_global(q_, k_, v_);
-  const Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
+  const Tensor q = dense(q_), k = dense(k_), v = dense(v_);
   const int64_t B = q.size(0), N = q.size(1), M = k.size(1), C = v.size(2);
-  TORCH_CHECK(topk >= 0 && topk <= M, "densecorr cpu global_attention: topk must be in [0, M=", M, "], got ", topk);
-  Tensor out = at::empty({B, N, C}, q.options());
-  Tensor lse = at::empty({B, N}, q.options());
-  Tensor idx = at::empty({B, N, topk}, q.options().dtype(at::kLong));
-  if (B * N == 0 || C == 0) return {out.zero_(), lse.fill_(-INFINITY), idx};
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "global_attention_fwd", [&] {
+  DC_CHECK(topk >= 0 && topk <= M, "densecorr cpu global_attention: topk must be in [0, M=", M, "], got ", topk);
+  Tensor out = densecorr::empty({B, N, C}, q);
+  Tensor lse = densecorr::empty({B, N}, q);
+  Tensor idx = densecorr::empty({B, N, topk}, q, densecorr::ScalarType::Long);
+  if (B * N == 0 || C == 0) {
+    densecorr::zero_(out);
+    st::fill_(lse, -INFINITY);
+    return {out, lse, idx};
+  }
+  DC_DISPATCH_FLOAT(q.scalar_type(), "cpu global_attention_fwd", [&] {
     const int64_t W = vec_width(q.scalar_type());
     Tensor vv = topk > 0 ? v : pad_rows_cols(v, 2 * W, W);
     run_fwd<scalar_t>(q, k, vv, false, C, scale, topk, out, lse, idx);
   });
   return {out, lse, idx};
+}
+
+// delta[r] = sum_c a[r, c] * b[r, c] for rows of length C (contiguous).
+template <typename T>
+void row_dots(const T* a, const T* b, T* delta, int64_t rows, int64_t C) {
+  parallel_for(0, rows, grain_for(C), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      T acc = 0;
+      for (int64_t c = 0; c < C; ++c) acc += a[r * C + c] * b[r * C + c];
+      delta[r] = acc;
+    }
+  });
 }
 
 // The backward of both global ops; v (Bv, M, C) with Bv = 1 when shared (project_coords,
@@ -99,41 +121,44 @@ void run_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor&
   const int64_t B = q.size(0), N = q.size(1), M = k.size(1), D = q.size(2), C = v.size(2);
   const int64_t W = vec_width(q.scalar_type());
   const int64_t topk = idx.size(2);
-  T* dvp = dv != nullptr ? dv->data_ptr<T>() : nullptr;
+  T* dvp = dv != nullptr ? ptr<T>(*dv) : nullptr;
   if (topk > 0) {
-    DC_DISPATCH_ISA(global_bwd_topk<T>, q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), shared_v ? 0 : M * C,
-                    dout.data_ptr<T>(), out.data_ptr<T>(), lse.data_ptr<T>(), idx.data_ptr<int64_t>(),
-                    dq.data_ptr<T>(), dk.data_ptr<T>(), dvp, B, N, M, D, C, topk, T(scale));
+    DC_DISPATCH_ISA(global_bwd_topk<T>, ptr<T>(q), ptr<T>(k), ptr<T>(v), shared_v ? 0 : M * C, ptr<T>(dout),
+                    ptr<T>(out), ptr<T>(lse), ptr<int64_t>(idx), ptr<T>(dq), ptr<T>(dk), dvp, B, N, M, D, C, topk,
+                    T(scale));
     return;
   }
   const int64_t Mp = round_up(M, W), Dp = round_up(D, W), Cp = round_up(C, W);
-  Tensor delta = (dout * out).sum(-1);  // (B, N): dO_i . out_i
-  Tensor kt = pad_rows_cols(k.transpose(1, 2), 1, W);  // (B, D, Mp)
-  Tensor vt = pad_rows_cols(v.transpose(1, 2), 1, W);  // (Bv, C, Mp)
-  Tensor kp = pad_rows_cols(k, W, W);                  // (B, Mp, Dp)
+  Tensor delta = densecorr::empty({B, N}, q);  // (B, N): dO_i . out_i
+  row_dots<T>(ptr<T>(dout), ptr<T>(out), ptr<T>(delta), B * N, C);
+  Tensor kt = pad_rows_cols(st::transpose(k, 1, 2), 1, W);  // (B, D, Mp)
+  Tensor vt = pad_rows_cols(st::transpose(v, 1, 2), 1, W);  // (Bv, C, Mp)
+  Tensor kp = pad_rows_cols(k, W, W);                       // (B, Mp, Dp)
   const int64_t G = base::bwd_groups(B, N, M, D, C, sizeof(T));
-  Tensor dkp = at::zeros({G, B, Mp, Dp}, q.options());
-  Tensor dvpart = dv != nullptr ? at::zeros({G, B, Mp, Cp}, q.options()) : Tensor();
-  DC_DISPATCH_ISA(global_bwd_dense<T>, q.data_ptr<T>(), kt.data_ptr<T>(), vt.data_ptr<T>(), shared_v ? 0 : C * Mp,
-                  kp.data_ptr<T>(), dout.data_ptr<T>(), lse.data_ptr<T>(), delta.data_ptr<T>(), dq.data_ptr<T>(),
-                  dkp.data_ptr<T>(), dv != nullptr ? dvpart.data_ptr<T>() : nullptr, G, B, N, M, D, C, T(scale));
-  dk.copy_(dkp[0].narrow(1, 0, M).narrow(2, 0, D));
-  if (dv != nullptr) dv->copy_(dvpart[0].narrow(1, 0, M).narrow(2, 0, C));
+  Tensor dkp = densecorr::zeros({G, B, Mp, Dp}, q);
+  Tensor dvpart = dv != nullptr ? densecorr::zeros({G, B, Mp, Cp}, q) : Tensor();
+  DC_DISPATCH_ISA(global_bwd_dense<T>, ptr<T>(q), ptr<T>(kt), ptr<T>(vt), shared_v ? 0 : C * Mp, ptr<T>(kp),
+                  ptr<T>(dout), ptr<T>(lse), ptr<T>(delta), ptr<T>(dq), ptr<T>(dkp),
+                  dv != nullptr ? ptr<T>(dvpart) : nullptr, G, B, N, M, D, C, T(scale));
+  densecorr::copy_(dk, densecorr::narrow(densecorr::narrow(st::select(dkp, 0, 0), 1, 0, M), 2, 0, D));
+  if (dv != nullptr) densecorr::copy_(*dv, densecorr::narrow(densecorr::narrow(st::select(dvpart, 0, 0), 1, 0, M), 2, 0, C));
 }
 
 std::tuple<Tensor, Tensor, Tensor> global_attention_bwd(const Tensor& grad_out, const Tensor& q_, const Tensor& k_,
                                                         const Tensor& v_, const Tensor& out, const Tensor& lse,
                                                         const Tensor& idx, double scale) {
   check_global(q_, k_, v_);
-  const Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
-  const Tensor dout = grad_out.contiguous(), o = out.contiguous(), l = lse.contiguous(), ix = idx.contiguous();
-  TORCH_CHECK(dout.sizes() == o.sizes() && o.size(0) == q.size(0) && o.size(1) == q.size(1) && o.size(2) == v.size(2),
-              "densecorr cpu global_attention_bwd: grad_out ", dout.sizes(), " and out ", o.sizes(),
-              " must be (B, N, C) for q ", q.sizes(), ", v ", v.sizes());
-  TORCH_CHECK(ix.dim() == 3 && ix.scalar_type() == at::kLong, "densecorr cpu global_attention_bwd: idx must be int64 (B, N, topk)");
-  Tensor dq = at::zeros_like(q), dk = at::zeros_like(k), dv = at::zeros_like(v);
+  const Tensor q = dense(q_), k = dense(k_), v = dense(v_);
+  const Tensor dout = dense(grad_out), o = dense(out), l = dense(lse), ix = dense(idx);
+  DC_CHECK(o.dim() == 3 && densecorr::same_sizes(dout, o) && o.size(0) == q.size(0) && o.size(1) == q.size(1) &&
+               o.size(2) == v.size(2),
+           "densecorr cpu global_attention_bwd: grad_out ", shape(dout), " and out ", shape(o),
+           " must be (B, N, C) for q ", shape(q), ", v ", shape(v));
+  DC_CHECK(ix.dim() == 3 && ix.scalar_type() == densecorr::ScalarType::Long,
+           "densecorr cpu global_attention_bwd: idx must be int64 (B, N, topk)");
+  Tensor dq = densecorr::zeros_like(q), dk = densecorr::zeros_like(k), dv = densecorr::zeros_like(v);
   if (q.numel() == 0 || k.numel() == 0 || v.numel() == 0) return {dq, dk, dv};
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "global_attention_bwd", [&] {
+  DC_DISPATCH_FLOAT(q.scalar_type(), "cpu global_attention_bwd", [&] {
     run_bwd<scalar_t>(dout, q, k, v, false, o, l, ix, scale, dq, dk, &dv);
   });
   return {dq, dk, dv};
@@ -142,29 +167,36 @@ std::tuple<Tensor, Tensor, Tensor> global_attention_bwd(const Tensor& grad_out, 
 // project_coords: global attention of token queries over the cells of an image of keys,
 // the values being the cells' own (x, y), generated here.
 void check_project(const Tensor& q, const Tensor& k) {
-  TORCH_CHECK(q.dim() == 3 && k.dim() == 4 && q.size(0) == k.size(0) && q.size(2) == k.size(1),
-              "densecorr cpu project_coords: q must be (B, N, D) and k (B, D, H, W), got ", q.sizes(), ", ", k.sizes());
+  DC_CHECK(q.dim() == 3 && k.dim() == 4 && q.size(0) == k.size(0) && q.size(2) == k.size(1),
+           "densecorr cpu project_coords: q must be (B, N, D) and k (B, D, H, W), got ", shape(q), ", ", shape(k));
+  check_cpu_input(q, "q", q.scalar_type());
   check_cpu_input(k, "k", q.scalar_type());
-  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble,
-              "densecorr cpu: float32 or float64 tensors only, got ", q.scalar_type());
+  DC_CHECK(q.scalar_type() == densecorr::ScalarType::Float || q.scalar_type() == densecorr::ScalarType::Double,
+           "densecorr cpu: float32 or float64 tensors only, got ", densecorr::dtype_name(q.scalar_type()));
 }
 
-Tensor coord_grid(int64_t H, int64_t W, const at::TensorOptions& opt) {  // (1, H*W, 2): (x, y) of cell i
-  Tensor xs = at::arange(W, opt).repeat({H});
-  Tensor ys = at::arange(H, opt).repeat_interleave(W);
-  return at::stack({xs, ys}, 1).unsqueeze(0);
+template <typename T>
+Tensor coord_grid(int64_t H, int64_t W, const Tensor& like) {  // (1, H*W, 2): (x, y) of cell i, contiguous
+  Tensor grid = densecorr::empty({1, H * W, 2}, like);
+  T* g = ptr<T>(grid);
+  for (int64_t y = 0; y < H; ++y)
+    for (int64_t x = 0; x < W; ++x) {
+      g[2 * (y * W + x)] = T(x);
+      g[2 * (y * W + x) + 1] = T(y);
+    }
+  return grid;
 }
 
 std::tuple<Tensor, Tensor> project_coords_fwd(const Tensor& q_, const Tensor& k_, double scale) {
   check_project(q_, k_);
-  const Tensor q = q_.contiguous();
+  const Tensor q = dense(q_);
   const int64_t B = q.size(0), N = q.size(1), D = q.size(2), H = k_.size(2), W = k_.size(3);
-  const Tensor k = k_.reshape({B, D, H * W}).transpose(1, 2).contiguous();  // (B, M, D)
-  Tensor out = at::empty({B, N, 2}, q.options()), lse = at::empty({B, N}, q.options()), idx;
+  const Tensor k = dense(st::transpose(st::reshape(k_, {B, D, H * W}), 1, 2));  // (B, M, D)
+  Tensor out = densecorr::empty({B, N, 2}, q), lse = densecorr::empty({B, N}, q), idx;
   if (B * N == 0) return {out, lse};
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "project_coords_fwd", [&] {
+  DC_DISPATCH_FLOAT(q.scalar_type(), "cpu project_coords_fwd", [&] {
     const int64_t Wv = vec_width(q.scalar_type());
-    Tensor vp = pad_rows_cols(coord_grid(H, W, q.options()), 2 * Wv, Wv);
+    Tensor vp = pad_rows_cols(coord_grid<scalar_t>(H, W, q), 2 * Wv, Wv);
     run_fwd<scalar_t>(q, k, vp, true, 2, scale, 0, out, lse, idx);
   });
   return {out, lse};
@@ -173,27 +205,27 @@ std::tuple<Tensor, Tensor> project_coords_fwd(const Tensor& q_, const Tensor& k_
 std::tuple<Tensor, Tensor> project_coords_bwd(const Tensor& grad_coords, const Tensor& q_, const Tensor& k_,
                                               const Tensor& coords, const Tensor& lse, double scale) {
   check_project(q_, k_);
-  const Tensor q = q_.contiguous();
+  const Tensor q = dense(q_);
   const int64_t B = q.size(0), D = q.size(2), H = k_.size(2), W = k_.size(3);
-  const Tensor k = k_.reshape({B, D, H * W}).transpose(1, 2).contiguous();
-  Tensor dq = at::zeros_like(q), dk = at::zeros_like(k);
+  const Tensor k = dense(st::transpose(st::reshape(k_, {B, D, H * W}), 1, 2));
+  Tensor dq = densecorr::zeros_like(q), dk = densecorr::zeros_like(k);
   if (q.numel() > 0 && k.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "project_coords_bwd", [&] {
-      Tensor grid = coord_grid(H, W, q.options()).contiguous();
-      Tensor idx = at::empty({B, q.size(1), 0}, q.options().dtype(at::kLong));
-      run_bwd<scalar_t>(grad_coords.contiguous(), q, k, grid, true, coords.contiguous(), lse.contiguous(), idx, scale,
+    DC_DISPATCH_FLOAT(q.scalar_type(), "cpu project_coords_bwd", [&] {
+      Tensor grid = coord_grid<scalar_t>(H, W, q);
+      Tensor idx = densecorr::empty({B, q.size(1), 0}, q, densecorr::ScalarType::Long);
+      run_bwd<scalar_t>(dense(grad_coords), q, k, grid, true, dense(coords), dense(lse), idx, scale,
                         dq, dk, nullptr);
     });
   }
-  return {dq, dk.transpose(1, 2).reshape({B, D, H, W})};
+  return {dq, st::reshape(st::transpose(dk, 1, 2), {B, D, H, W})};
 }
 
 }  // namespace
 }  // namespace densecorr_cpu
 
-TORCH_LIBRARY_IMPL(densecorr_ext, CPU, m) {
-  m.impl("global_attention_fwd", &densecorr_cpu::global_attention_fwd);
-  m.impl("global_attention_bwd", &densecorr_cpu::global_attention_bwd);
-  m.impl("project_coords_fwd", &densecorr_cpu::project_coords_fwd);
-  m.impl("project_coords_bwd", &densecorr_cpu::project_coords_bwd);
+STABLE_TORCH_LIBRARY_IMPL(densecorr_ext, CPU, m) {
+  m.impl("global_attention_fwd", TORCH_BOX(&densecorr_cpu::global_attention_fwd));
+  m.impl("global_attention_bwd", TORCH_BOX(&densecorr_cpu::global_attention_bwd));
+  m.impl("project_coords_fwd", TORCH_BOX(&densecorr_cpu::project_coords_fwd));
+  m.impl("project_coords_bwd", TORCH_BOX(&densecorr_cpu::project_coords_bwd));
 }

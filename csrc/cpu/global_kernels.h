@@ -23,7 +23,7 @@ void global_fwd_dense(const T* q, const T* kpk, const T* vp, int64_t vstride, T*
                       int64_t M, int64_t D, int64_t C, T scale) {
   constexpr int W = Vec<T>::W;
   const int64_t Mq = round_up(M, 2 * W), Cp = round_up(C, W), nqb = ceil_div(N, kBQ);
-  at::parallel_for(0, B * nqb, grain_for(kBQ * M * (D + C)), [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * nqb, grain_for(kBQ * M * (D + C)), [&](int64_t begin, int64_t end) {
     std::vector<T> S(kBQ * kBK), O(kBQ * Cp), m(kBQ), l(kBQ);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nqb, i0 = (task % nqb) * kBQ, bq = std::min(kBQ, N - i0);
@@ -65,7 +65,7 @@ void global_fwd_topk(const T* q, const T* kpk, const T* v, int64_t vstride, T* o
                      int64_t N, int64_t M, int64_t D, int64_t C, T scale, int64_t topk) {
   constexpr int W = Vec<T>::W;
   const int64_t nqb = ceil_div(N, kBQ);
-  at::parallel_for(0, B * nqb, grain_for(kBQ * M * (D + C)), [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * nqb, grain_for(kBQ * M * (D + C)), [&](int64_t begin, int64_t end) {
     std::vector<T> S(kBQ * kBK), p(topk), acc(C);
     std::vector<Cand<T>> cands(kBQ * 2 * topk);
     for (int64_t task = begin; task < end; ++task) {
@@ -137,7 +137,7 @@ void global_bwd_dense(const T* q, const T* kt, const T* vt, int64_t vtstride, co
   constexpr int W = Vec<T>::W;
   const int64_t Mp = round_up(M, W), Dp = round_up(D, W), Cp = round_up(C, W), nqb = ceil_div(N, kBQ);
   const int64_t per = ceil_div(nqb, G);
-  at::parallel_for(0, B * G, grain_for(per * kBQ * M * 2 * (D + C)), [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * G, grain_for(per * kBQ * M * 2 * (D + C)), [&](int64_t begin, int64_t end) {
     std::vector<T> S(kBQ * kBK), dP(kBQ * kBK), dQ(kBQ * Dp), Qp(kBQ * Dp, T(0)), dOp(kBQ * Cp, T(0));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / G, g = task % G;
@@ -177,7 +177,7 @@ void global_bwd_dense(const T* q, const T* kt, const T* vt, int64_t vtstride, co
     }
   });
   // Sum the group partials in group order.
-  at::parallel_for(0, B * M, grain_for(G * (D + C)), [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * M, grain_for(G * (D + C)), [&](int64_t begin, int64_t end) {
     for (int64_t bm = begin; bm < end; ++bm) {
       const int64_t b = bm / M, m = bm % M;
       for (int64_t d = 0; d < D; ++d) {
@@ -210,7 +210,7 @@ void global_bwd_topk(const T* q, const T* k, const T* v, int64_t vstride, const 
     const T* vb = v + b * vstride;
     const T* dob = dout + b * N * C;
     const int64_t* ib = idx + b * N * K;
-    at::parallel_for(0, N, grain_for(K * (D + C)), [&](int64_t begin, int64_t end) {
+    parallel_for(0, N, grain_for(K * (D + C)), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const T delta = dot(dob + i * C, out + (b * N + i) * C, C);
         T* dqi = dq + (b * N + i) * D;
@@ -232,7 +232,7 @@ void global_bwd_topk(const T* q, const T* k, const T* v, int64_t vstride, const 
       std::vector<int64_t> fill(start.begin(), start.end() - 1);
       for (int64_t e = 0; e < N * K; ++e) order[fill[ib[e]]++] = e;
     }
-    at::parallel_for(0, M, grain_for(N * K / std::max<int64_t>(M, 1) * (D + C) + 1), [&](int64_t begin, int64_t end) {
+    parallel_for(0, M, grain_for(N * K / std::max<int64_t>(M, 1) * (D + C) + 1), [&](int64_t begin, int64_t end) {
       for (int64_t m = begin; m < end; ++m) {
         T* dkm = dk + (b * M + m) * D;
         std::fill(dkm, dkm + D, T(0));

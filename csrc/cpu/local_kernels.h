@@ -258,7 +258,7 @@ void local_attention_fwd_pairs(const Window& g, const T* q, const T* k, const T*
       second.push_back(y + g.dil < H ? y + g.dil : -1);
     }
   const int64_t npair = first.size();
-  at::parallel_for(0, B * npair, grain_for(2 * W * Tn * P * (D + C)), [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * npair, grain_for(2 * W * Tn * P * (D + C)), [&](int64_t begin, int64_t end) {
     std::vector<T> qrow(2 * D * st.Wq, T(0)), krow(D * st.Wk, T(0)), vrow(C * st.Wk, T(0));
     std::vector<T> tile(nmax * std::max(D, C) * L);
     VBuf<T> S(2 * nmax), m(2 * ns), l(2 * ns), acc(2 * ns * C);
@@ -364,7 +364,7 @@ void local_attention_fwd_k(const Window& g, const T* q, const T* k, const T* v, 
   const Strips<T> st(g);
   constexpr int L = Strips<T>::L;
   const int64_t H = g.H, W = g.W, HW = st.HW, Tn = g.T, P = g.P, ns = st.nstrip, nmax = 2 * g.r + 1;
-  at::parallel_for(0, B * H, grain_for(W * Tn * P * (D + C)), [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * H, grain_for(W * Tn * P * (D + C)), [&](int64_t begin, int64_t end) {
     std::vector<T> qrow(D * st.Wq, T(0)), krow(D * st.Wk, T(0)), tile(nmax * D * L), vals(C);
     VBuf<T> S(nmax), thr(ns);
     std::vector<Cand<T>> cands(W * 2 * topk);
@@ -443,7 +443,7 @@ void local_attention_bwd_topk(const Window& g, const T* q, const T* k, const T* 
     const T* kb = k + b * Tn * D * HW;
     const T* vb = v + b * Tn * C * HW;
     const T* gb = dout + b * C * HW;
-    at::parallel_for(0, H, grain_for(W * topk * (D + C)), [&](int64_t begin, int64_t end) {
+    parallel_for(0, H, grain_for(W * topk * (D + C)), [&](int64_t begin, int64_t end) {
       for (int64_t y = begin; y < end; ++y)
         for (int64_t x = 0; x < W; ++x) {
           const int64_t px = y * W + x;
@@ -477,7 +477,7 @@ void local_attention_bwd_topk(const Window& g, const T* q, const T* k, const T* 
       for (int64_t e = 0; e < NK; ++e)
         if (key[e] >= 0) order[fill[key[e]]++] = e;
     }
-    at::parallel_for(0, nkeys, grain_for(topk * (D + C)), [&](int64_t begin, int64_t end) {
+    parallel_for(0, nkeys, grain_for(topk * (D + C)), [&](int64_t begin, int64_t end) {
       for (int64_t kp = begin; kp < end; ++kp) {
         const int64_t t = kp / HW, pix = kp % HW;
         for (int64_t d = 0; d < D; ++d) {
@@ -502,7 +502,7 @@ void local_attention_bwd_k(const Window& g, const T* q, const T* k, const T* v, 
   constexpr int L = Strips<T>::L;
   const int64_t H = g.H, W = g.W, HW = st.HW, Tn = g.T, P = g.P, ns = st.nstrip, nmax = 2 * g.r + 1;
   // Pass 1: dq, query rows in parallel.
-  at::parallel_for(0, B * H, grain_for(W * Tn * P * (D + C)), [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * H, grain_for(W * Tn * P * (D + C)), [&](int64_t begin, int64_t end) {
     std::vector<T> qrow(D * st.Wq, T(0)), grow(C * st.Wq, T(0)), lrow(st.Wq, INFINITY), drow(st.Wq, T(0));
     std::vector<T> krow(D * st.Wk, T(0)), vrow(C * st.Wk, T(0)), ktile(nmax * D * L), vtile(nmax * C * L);
     VBuf<T> S(nmax), dP(nmax), DQ(ns * D);
@@ -536,7 +536,7 @@ void local_attention_bwd_k(const Window& g, const T* q, const T* k, const T* v, 
     }
   });
   // Pass 2: dk, dv, key rows in parallel; each gathers the query rows that see it.
-  at::parallel_for(0, B * Tn * H, grain_for(W * P * (D + C)), [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * Tn * H, grain_for(W * P * (D + C)), [&](int64_t begin, int64_t end) {
     std::vector<T> qrow(D * st.Wq, T(0)), grow(C * st.Wq, T(0)), lrow(st.Wq, INFINITY), drow(st.Wq, T(0));
     std::vector<T> krow(D * st.Wk, T(0)), vrow(C * st.Wk, T(0)), ktile(nmax * D * L), vtile(nmax * C * L);
     std::vector<T> DK(D * st.Wk), DV(C * st.Wk);
@@ -588,7 +588,7 @@ void local_affinity_fwd_k(const Window& g, const T* q, const T* k, T* attn, int6
   const Strips<T> st(g);
   constexpr int L = Strips<T>::L;
   const int64_t H = g.H, W = g.W, HW = st.HW, Tn = g.T, P = g.P, ns = st.nstrip, nmax = 2 * g.r + 1, TP = Tn * P;
-  at::parallel_for(0, B * H, grain_for(W * Tn * P * D), [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * H, grain_for(W * Tn * P * D), [&](int64_t begin, int64_t end) {
     std::vector<T> qrow(D * st.Wq, T(0)), krow(D * st.Wk, T(0)), tile(nmax * D * L);
     VBuf<T> S(nmax);
     for (int64_t task = begin; task < end; ++task) {
@@ -649,7 +649,7 @@ void local_affinity_bwd_k(const Window& g, const T* grad, const T* q, const T* k
   constexpr int L = Strips<T>::L;
   const int64_t H = g.H, W = g.W, HW = st.HW, Tn = g.T, P = g.P, ns = st.nstrip, nmax = 2 * g.r + 1, TP = Tn * P;
   std::vector<T> rowdot(normalize ? B * H * st.Wq : 0);  // sum_p G A per pixel (softmax adjoint)
-  at::parallel_for(0, B * H, grain_for(W * Tn * P * D), [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * H, grain_for(W * Tn * P * D), [&](int64_t begin, int64_t end) {
     std::vector<T> krow(D * st.Wk, T(0)), tile(nmax * D * L);
     VBuf<T> S(nmax), DQ(ns * D);
     for (int64_t task = begin; task < end; ++task) {
@@ -679,7 +679,7 @@ void local_affinity_bwd_k(const Window& g, const T* grad, const T* q, const T* k
         for (int64_t d = 0; d < D; ++d) st.store(dq + (b * D + d) * HW + y * W + s * L, DQ[s * D + d] * scale, s);
     }
   });
-  at::parallel_for(0, B * Tn * H, grain_for(W * P * D), [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * Tn * H, grain_for(W * P * D), [&](int64_t begin, int64_t end) {
     std::vector<T> qrow(D * st.Wq, T(0)), DK(D * st.Wk);
     VBuf<T> S(nmax);
     for (int64_t task = begin; task < end; ++task) {
@@ -712,7 +712,7 @@ void local_copy_fwd_k(const Window& g, const T* attn, const T* v, T* out, int64_
   const Strips<T> st(g);
   constexpr int L = Strips<T>::L;
   const int64_t H = g.H, W = g.W, HW = st.HW, Tn = g.T, P = g.P, ns = st.nstrip, nmax = 2 * g.r + 1, TP = Tn * P;
-  at::parallel_for(0, B * H, grain_for(W * Tn * P * C), [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * H, grain_for(W * Tn * P * C), [&](int64_t begin, int64_t end) {
     std::vector<T> vrow(C * st.Wk, T(0)), tile(nmax * C * L);
     VBuf<T> S(nmax), acc(ns * C);
     for (int64_t task = begin; task < end; ++task) {
@@ -742,7 +742,7 @@ void local_copy_bwd_k(const Window& g, const T* grad, const T* attn, const T* v,
   const Strips<T> st(g);
   constexpr int L = Strips<T>::L;
   const int64_t H = g.H, W = g.W, HW = st.HW, Tn = g.T, P = g.P, ns = st.nstrip, nmax = 2 * g.r + 1, TP = Tn * P;
-  at::parallel_for(0, B * H, grain_for(W * Tn * P * C), [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * H, grain_for(W * Tn * P * C), [&](int64_t begin, int64_t end) {
     std::vector<T> grow(C * st.Wq, T(0)), vrow(C * st.Wk, T(0)), tile(nmax * C * L);
     VBuf<T> S(nmax);
     for (int64_t task = begin; task < end; ++task) {
@@ -765,7 +765,7 @@ void local_copy_bwd_k(const Window& g, const T* grad, const T* attn, const T* v,
         }
     }
   });
-  at::parallel_for(0, B * Tn * H, grain_for(W * P * C), [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * Tn * H, grain_for(W * P * C), [&](int64_t begin, int64_t end) {
     std::vector<T> grow(C * st.Wq, T(0)), DV(C * st.Wk);
     VBuf<T> S(nmax);
     for (int64_t task = begin; task < end; ++task) {
