@@ -90,3 +90,24 @@ class Checker:
         if value != "auto" and value not in BACKENDS:
             self.fail(f"backend must be one of {BACKENDS} or 'auto', got {value!r}")
         return value
+
+
+def check_saved(op: str, expected: dict, idx=None, bound=None, what: str = "") -> None:
+    """Checks on the tensors a registered backward op receives (torch.ops.densecorr.*_bwd
+    are public: callable with any tensors, so the kernels never see ones that would make
+    them read out of bounds). expected: name -> (tensor, shape tuple, dtype or None);
+    idx: int64 indices that must lie in [0, bound)."""
+    for name, (t, shape, dtype) in expected.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"densecorr.{op}: {name} must be a tensor, got {type(t).__name__}")
+        if tuple(t.shape) != tuple(shape):
+            raise ValueError(f"densecorr.{op}: {name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+        if dtype is not None and t.dtype != dtype:
+            raise TypeError(f"densecorr.{op}: {name} is {t.dtype}, expected {dtype}")
+    if idx is not None and idx.numel():
+        lo, hi = (int(x) for x in torch.aminmax(idx))
+        if lo < 0 or hi >= bound:
+            raise ValueError(
+                f"densecorr.{op}: idx holds {what} indices in [{lo}, {hi}], outside [0, {bound}) "
+                "(pass the idx that the forward op returned)"
+            )

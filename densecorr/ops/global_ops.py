@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from densecorr import backends, reference
-from densecorr.ops._validate import Checker
+from densecorr.ops._validate import Checker, check_saved
 
 
 def stats_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -43,6 +43,15 @@ def _(q, k, v, scale, topk, backend):
 def _global_attention_bwd(
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, idx: Tensor, scale: float, backend: str
 ) -> tuple[Tensor, Tensor, Tensor]:
+    B, N, D = q.shape
+    M, C = k.shape[1], v.shape[2]
+    check_saved(
+        "global_attention_bwd",
+        dict(k=(k, (B, M, D), q.dtype), v=(v, (B, M, C), q.dtype), grad_out=(grad_out, (B, N, C), None),
+             out=(out, (B, N, C), None), lse=(lse, (B, N), stats_dtype(q.dtype)),
+             idx=(idx, (B, N, idx.shape[-1] if idx.dim() == 3 else -1), torch.int64)),
+        idx, M, "key",
+    )
     return backends.run("global_attention_bwd", backend, grad_out, q, k, v, out, lse, idx, scale)
 
 
@@ -163,6 +172,12 @@ def _(q, k, scale, backend):
 
 @torch.library.custom_op("densecorr::project_coords_bwd", mutates_args=())
 def _project_coords_bwd(grad: Tensor, q: Tensor, k: Tensor, coords: Tensor, lse: Tensor, scale: float, backend: str) -> tuple[Tensor, Tensor]:
+    B, N, D = q.shape
+    check_saved(
+        "project_coords_bwd",
+        dict(k=(k, (B, D) + tuple(k.shape[2:]) if k.dim() == 4 else (B, D, -1, -1), q.dtype),
+             grad=(grad, (B, N, 2), None), coords=(coords, (B, N, 2), None), lse=(lse, (B, N), stats_dtype(q.dtype))),
+    )
     return backends.run("project_coords_bwd", backend, grad, q, k, coords, lse, scale)
 
 

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from densecorr import backends, geometry
 from densecorr.geometry import BOUNDARIES, WINDOWS, window_size
-from densecorr.ops._validate import Checker
+from densecorr.ops._validate import Checker, check_saved
 from densecorr.ops.global_ops import stats_dtype
 
 # --------------------------------------------------------------------------- custom ops
@@ -38,6 +38,13 @@ def _local_affinity_bwd(
     grad: Tensor, q: Tensor, k: Tensor, attn: Tensor, radius: int, dilation: int, scale: float, normalize: bool,
     boundary: str, window: str, backend: str,
 ) -> tuple[Tensor, Tensor]:
+    B, D, H, W = q.shape
+    T = k.shape[1]
+    attn_shape = (B, T * window_size(radius, window), H, W)
+    check_saved(
+        "local_affinity_bwd",
+        dict(k=(k, (B, T, D, H, W), q.dtype), grad=(grad, attn_shape, None), attn=(attn, attn_shape, None)),
+    )
     return backends.run("local_affinity_bwd", backend, grad, q, k, attn, radius, dilation, scale, normalize, boundary, window)
 
 
@@ -75,6 +82,11 @@ def _(attn, v, radius, dilation, boundary, window, backend):
 def _local_copy_bwd(
     grad: Tensor, attn: Tensor, v: Tensor, radius: int, dilation: int, boundary: str, window: str, backend: str
 ) -> tuple[Tensor, Tensor]:
+    B, T, C, H, W = v.shape
+    check_saved(
+        "local_copy_bwd",
+        dict(attn=(attn, (B, T * window_size(radius, window), H, W), v.dtype), grad=(grad, (B, C, H, W), None)),
+    )
     return backends.run("local_copy_bwd", backend, grad, attn, v, radius, dilation, boundary, window)
 
 
@@ -120,6 +132,15 @@ def _local_attention_bwd(
     grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, idx: Tensor, radius: int, dilation: int,
     scale: float, boundary: str, window: str, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    B, D, H, W = q.shape
+    T, C = k.shape[1], v.shape[2]
+    check_saved(
+        "local_attention_bwd",
+        dict(k=(k, (B, T, D, H, W), q.dtype), v=(v, (B, T, C, H, W), q.dtype), grad=(grad, (B, C, H, W), None),
+             out=(out, (B, C, H, W), None), lse=(lse, (B, H, W), stats_dtype(q.dtype)),
+             idx=(idx, (B, H, W, idx.shape[-1] if idx.dim() == 4 else -1), torch.int64)),
+        idx, T * window_size(radius, window), "window position",
+    )
     return backends.run(
         "local_attention_bwd", backend, grad, q, k, v, out, lse, idx, radius, dilation, scale, boundary, window
     )
@@ -145,6 +166,71 @@ def _local_attention_backward(ctx, grad, _grad_lse, _grad_idx):
 
 
 _local_attention_fwd.register_autograd(_local_attention_backward, setup_context=_local_attention_setup)
+
+
+
+# --------------------------------------------------------------------------- windows larger than the image
+#
+# A window that reaches further than the image (radius*dilation >= H or W) has positions
+# that are outside the image for every pixel. The public functions then run the kernels on
+# geometry.effective_window (same in-image positions, same order), so that work and memory
+# follow the image, not the radius, with the same result:
+# - "mask": dropped positions are excluded anyway (top-k: at most T*P' positions remain);
+# - "zero": each dropped position is a logit-0, value-0 term in every pixel's softmax. The
+#   n0 = T*(P - P') missing terms come back through one extra reference with k = 0, v = 0
+#   and an extra feature channel: q gets c_j = log(m_j) / scale, the extra reference's k
+#   gets 1 there (the real references 0), so each of its n_in(j) in-image positions has
+#   logit log(m_j) and its P' - n_in(j) out-of-image positions logit 0: in total
+#   n_in(j) m_j + P' - n_in(j) = n0 terms of exp(0) when m_j = (n0 - P' + n_in(j)) / n_in(j).
+#   With top-k the window keeps at least topk out-of-image positions per pixel instead
+#   (any logit-0, value-0 position is as good as another).
+# Under torch.compile the full window is used (same result; the reduction is eager-only).
+# local_affinity's output has T*P channels: it is computed on the smaller window and
+# placed into the full output, and refused when that output alone would exceed
+# MAX_AFFINITY_ELEMENTS while the window reaches beyond the image.
+
+MAX_AFFINITY_ELEMENTS = 1 << 31
+
+
+def _smaller_window(H, W, radius, dilation, boundary, window, T, topk=0):
+    """geometry.Window to run instead of (radius, window), or None (no smaller one applies)."""
+    if boundary == "clamp" or torch.compiler.is_compiling():
+        return None
+    small = geometry.effective_window(H, W, radius, dilation, window)
+    if small == (radius, window):
+        return None
+    if boundary == "zero" and topk:
+        n_max = int(geometry.inside_counts(H, W, small.radius, dilation, small.window).max())
+        r = small.radius
+        while T * (window_size(r, small.window) - n_max) < topk:  # too few logit-0 positions
+            r += 1
+            if r >= radius or (small.window == "square" and window == "circle" and 2 * r * r > radius * radius):
+                return None
+        small = geometry.Window(r, small.window)
+    return small
+
+
+def _zero_padding_reference(q, k5, v5, radius, dilation, scale, window, small):
+    """Inputs (q', k', v', scale') for `small` that give boundary="zero" the softmax of the
+    full window (radius, window): see the comment above. None when m_j > 0 is impossible."""
+    B, D, H, W = q.shape
+    T = k5.shape[1]
+    P, Ps = window_size(radius, window), window_size(small.radius, small.window)
+    n_in = geometry.inside_counts(H, W, small.radius, dilation, small.window).to(torch.float64)
+    extra = T * (P - Ps) - Ps + n_in
+    if extra.min() <= 0:
+        return None
+    work = torch.float64 if q.dtype == torch.float64 else torch.float32  # c_j needs full precision
+    if scale == 0:  # every logit is 0: same softmax with q = k = 0 and scale 1 (zero gradients)
+        q, k5, scale = q * 0, k5 * 0, 1.0
+    c = (torch.log(extra / n_in) / scale).to(device=q.device, dtype=work)
+    zeros = lambda *shape: torch.zeros(*shape, device=q.device, dtype=work)  # noqa: E731
+    q2 = torch.cat([q.to(work), c.expand(B, 1, H, W)], 1)
+    k_real = torch.cat([k5.to(work), zeros(B, T, 1, H, W)], 2)
+    k_extra = torch.cat([zeros(B, 1, D, H, W), torch.ones(B, 1, 1, H, W, device=q.device, dtype=work)], 2)
+    v2 = torch.cat([v5.to(work), zeros(B, 1, v5.shape[2], H, W)], 1)
+    return q2.contiguous(), torch.cat([k_real, k_extra], 1).contiguous(), v2.contiguous(), scale
+
 
 # --------------------------------------------------------------------------- public functions
 
@@ -198,10 +284,36 @@ def local_affinity(
     _check_query_refs(c, q, {"k": k5})
     c.dim_match("feature dims D", q=("q", q.shape, 1), k=("k", k5.shape, 2))
     radius, dilation = _window_args(c, q.shape[2], q.shape[3], radius, dilation, boundary, window)
-    return _local_affinity_fwd(
-        q.contiguous(), k5.contiguous(), radius, dilation, c.scale(scale), bool(normalize), boundary, window,
-        c.backend(backend),
-    )
+    scale, backend, normalize = c.scale(scale), c.backend(backend), bool(normalize)
+    q, k5 = q.contiguous(), k5.contiguous()
+    B, T, _, H, W = k5.shape
+    small = _smaller_window(H, W, radius, dilation, boundary, window, T)
+    if small is None:
+        return _local_affinity_fwd(q, k5, radius, dilation, scale, normalize, boundary, window, backend)
+    P = window_size(radius, window)
+    if B * T * P * H * W > MAX_AFFINITY_ELEMENTS:
+        c.fail(
+            f"the output (B, T*P, H, W) = {(B, T * P, H, W)} would have {B * T * P * H * W} elements, and a "
+            f"{window} window of radius {radius} (dilation {dilation}) reaches beyond the {H}x{W} image: only "
+            f"the positions of a {small.window} window of radius {small.radius} can fall inside it; "
+            "use that window (the other positions are constant)"
+        )
+    kept = geometry.positions_kept(radius, window, small).to(q.device)
+    mask = boundary == "mask"
+    # Normalised "zero": logits first, then the softmax over all T*P positions (logit 0 outside).
+    part = _local_affinity_fwd(q, k5, small.radius, dilation, scale, normalize and mask, boundary, small.window, backend)
+    part = part.view(B, T, kept.numel(), H, W)
+    if normalize and not mask:
+        work = part.float() if part.dtype in (torch.float16, torch.bfloat16) else part
+        n0 = torch.tensor(float(T * (P - kept.numel())), dtype=work.dtype, device=q.device).log()
+        lse = torch.logaddexp(torch.logsumexp(work.flatten(1, 2), 1), n0)[:, None, None]  # (B, 1, 1, H, W)
+        part, fill = torch.exp(work - lse).to(q.dtype), torch.exp(-lse).to(q.dtype)
+        full = fill.expand(B, T, P, H, W).clone()
+    else:
+        fill = 0.0 if normalize or not mask else float("-inf")
+        full = torch.full((B, T, P, H, W), fill, dtype=q.dtype, device=q.device)
+    full.index_copy_(2, kept, part)
+    return full.view(B, T * P, H, W)
 
 
 def local_copy(
@@ -230,6 +342,12 @@ def local_copy(
             f"attn has {attn.shape[1]} window positions (shape {tuple(attn.shape)}) but T={v5.shape[1]} references "
             f"with a {window} window of radius {radius} have T*P = {positions}"
         )
+    B, T, _, H, W = v5.shape
+    small = _smaller_window(H, W, radius, dilation, boundary, window, T)
+    if small is not None:  # dropped positions are outside the image: they copy nothing
+        kept = geometry.positions_kept(radius, window, small).to(attn.device)
+        attn = attn.view(B, T, -1, H, W).index_select(2, kept).reshape(B, T * kept.numel(), H, W)
+        radius, window = small
     return _local_copy_fwd(attn.contiguous(), v5.contiguous(), radius, dilation, boundary, window, c.backend(backend))
 
 
@@ -255,9 +373,20 @@ def local_attention(
     _check_query_refs(c, q, {"k": k5, "v": v5})
     c.dim_match("feature dims D", q=("q", q.shape, 1), k=("k", k5.shape, 2))
     radius, dilation = _window_args(c, q.shape[2], q.shape[3], radius, dilation, boundary, window)
-    topk = c.topk(topk, k5.shape[1] * window_size(radius, window), "window positions T*P")
-    out, _, _ = _local_attention_fwd(
-        q.contiguous(), k5.contiguous(), v5.contiguous(), radius, dilation, c.scale(scale), boundary, window, topk,
-        c.backend(backend),
-    )
+    T = k5.shape[1]
+    topk = c.topk(topk, T * window_size(radius, window), "window positions T*P")
+    scale, backend = c.scale(scale), c.backend(backend)
+    q, k5, v5 = q.contiguous(), k5.contiguous(), v5.contiguous()
+    small = _smaller_window(q.shape[2], q.shape[3], radius, dilation, boundary, window, T, topk)
+    if small is not None and boundary == "zero" and not topk:
+        padded = _zero_padding_reference(q, k5, v5, radius, dilation, scale, window, small)
+        if padded is not None:
+            q2, k2, v2, scale2 = padded
+            out, _, _ = _local_attention_fwd(q2, k2, v2, small.radius, dilation, scale2, boundary, small.window, 0, backend)
+            return out.to(q.dtype)
+        small = None
+    if small is not None:
+        radius, window = small
+        topk = min(topk, T * window_size(radius, window))
+    out, _, _ = _local_attention_fwd(q, k5, v5, radius, dilation, scale, boundary, window, topk, backend)
     return out
