@@ -1,8 +1,14 @@
 """CycleTime: learning correspondence from the cycle-consistency of time (Wang et al., CVPR 2019).
 
 A patch of the clip's last frame is tracked backward through the earlier frames and forward
-again; where it comes back should be where it started. One tracking step from a patch
-(features P, a grid of ph x pw cells) to a frame (features F, h x w cells):
+again; where it comes back should be where it started. As TimeCycle's code
+(xiaolonw/TimeCycle, `vlog_train.py` and `model_simple.py`), the initial patch is a separate
+image crop of the last frame -- side `patch_scale` of the frame (80 of 240 px), rotated by up
+to `max_rotation` degrees (45), at one of the `motion_windows` (10) windows of a 6 x 6 grid
+where the last two frames differ most, with a small jitter -- and is encoded on its own. Its
+transform theta0 (rotation, fixed scale, translation) is what every cycle must come back to.
+One tracking step from a patch (features P, a grid of n x n cells) to a frame (features F,
+h x w cells):
   1. A = global_affinity(P, F, 1 / T): for each patch cell, a softmax over the frame's cells,
      on L2-normalised features;
   2. a small conv + linear regressor reads A (channels = the h*w frame cells, spatial = the
@@ -11,19 +17,27 @@ again; where it comes back should be where it started. One tracking step from a 
 Losses (weights as in the paper's code):
   - inlier (1): the affinity mass that each patch cell puts within one cell of where the
     predicted transform maps it (the code's weak inlier count), for the direct steps from the
-    initial patch to every earlier frame;
+    encoded patch to every earlier frame;
   - skip (0.1): from the patch tracked back to each earlier frame, one jump back to the last
-    frame must land on the initial patch;
+    frame must land on theta0;
   - long (0.02): cycles of every length 1..T-1 (back k frames, forward k-1, then to the last
-    frame) must land on the initial patch.
+    frame) must land on theta0.
 Landing errors are the mean squared distance between the points of a grid transformed by
 the predicted and by the initial transform (normalised [-1, 1] image coordinates).
 
+Why the separate crop: before this version the patch was cut, axis-aligned, from the last
+frame's own feature map. A zero-padded trunk's features then code absolute position, and the
+cut patch carries the code of the place it was cut from, so "stay in place" satisfied every
+term without matching content (the predicted location in a frame of another clip correlated
+0.997 with the true one). An image crop encoded on its own carries only its own content
+(and its own borders), and the inlier term -- affinity mass where the regressor's theta
+points -- can then only be earned by finding that content, not by a constant theta.
+
 The regressor's input channels are the frame's cells, so training frames have a fixed size
-(`frame_size`); `embed` takes any size. Differences from the paper, on purpose: the patch is
-sampled from the last frame's feature map (not re-encoded from an image crop); the
+(`frame_size`); `embed` takes any size. Differences from the paper, on purpose: the
 regressor's convolutions are 3 x 3 with a 4 x 4 adaptive pooling (so any patch grid works);
-no ImageNet pretraining; ResNet-50's res4 at stride 1 with a 1 x 1 projection + ReLU.
+the crop windows are centred on the frame (TimeCycle's grid is offset); no ImageNet
+pretraining; ResNet-50's res4 at stride 1 with a 1 x 1 projection + ReLU.
 """
 from __future__ import annotations
 
@@ -44,7 +58,9 @@ class CycleTimeConfig(ModelConfig):
     """arch/width/out_dim: backbone (ResNet-50 res4 at stride 1, 1 x 1 projection to out_dim);
     clip_length frames, the last holds the initial patch; frame_size: side of the (square)
     training frames; patch_scale: patch side / frame side (the fixed scale); patch_cells:
-    side of the patch grid; temperature of the affinity softmax (None: out_dim ** -0.5, the
+    side of the patch grid (the patch image is encoded at 8 * patch_cells pixels);
+    max_rotation: the initial patch's rotation range (+- degrees); motion_windows: the
+    patch is placed at one of this many highest-motion windows (0: anywhere); temperature of the affinity softmax (None: out_dim ** -0.5, the
     paper's); regressor_channels; loss weights."""
 
     arch: str = "resnet50_res4"
@@ -52,8 +68,10 @@ class CycleTimeConfig(ModelConfig):
     out_dim: int = 512
     clip_length: int = 4
     frame_size: int = 128
-    patch_scale: float = 0.5
+    patch_scale: float = 1.0 / 3.0
     patch_cells: int = 8
+    max_rotation: float = 45.0
+    motion_windows: int = 10
     temperature: float | None = None
     regressor_channels: int = 128
     inlier_weight: float = 1.0
@@ -68,6 +86,10 @@ class CycleTimeConfig(ModelConfig):
             raise ValueError(f"CycleTimeConfig.patch_scale must be in (0, 1], got {self.patch_scale}")
         if self.frame_size % 8:
             raise ValueError(f"CycleTimeConfig.frame_size must be a multiple of the stride 8, got {self.frame_size}")
+        if not 0 <= self.max_rotation <= 90:
+            raise ValueError(f"CycleTimeConfig.max_rotation must be in [0, 90] degrees, got {self.max_rotation}")
+        if not 0 <= self.motion_windows <= 36:
+            raise ValueError(f"CycleTimeConfig.motion_windows must be in [0, 36] (of a 6 x 6 grid), got {self.motion_windows}")
         if self.temperature is not None and self.temperature <= 0:
             raise ValueError(f"CycleTimeConfig.temperature must be > 0, got {self.temperature}")
 
@@ -101,10 +123,16 @@ class TransformRegressor(nn.Module):
 # "cpu": a narrow ResNet-18 (width 16) on 64 x 64 crops of the native 256p frames (objects at
 # the scale they have when evaluated at 240p), a few hundred steps on 2 cores.
 PRESETS = {
-    # Wang et al. 2019: 4-frame clips of 240 x 240, Adam 2e-4, batch 32, ResNet-50 res4.
-    "paper": dict(model_config={"frame_size": 240}, resize=240, crop=(240, 240), gaps=(2,), batch_size=32, lr=2e-4, steps=100_000),
-    "cpu": dict(model_config={"arch": "resnet18", "width": 16, "out_dim": 64, "frame_size": 64, "regressor_channels": 32},
-                gaps=(2,), lr=2e-4, steps=500, resize=None, crop=(64, 64), batch_size=4, ckpt_every=50, eval_max_frames=12),
+    # Wang et al. 2019: 4-frame clips of 240 x 240, 80 px patches (10 x 10 cells), Adam 2e-4,
+    # batch 32, ResNet-50 res4.
+    "paper": dict(model_config={"frame_size": 240, "patch_cells": 10}, resize=240, crop=(240, 240), gaps=(2,),
+                  batch_size=32, lr=2e-4, steps=100_000),
+    # A narrow ResNet-18 on 128 x 128 crops (16 x 16 cells: at 64 px the 8 x 8 map leaves the
+    # regressor almost nothing to localise), 48 px patches of 6 x 6 cells; 1500 cosine steps.
+    "cpu": dict(model_config={"arch": "resnet18", "width": 16, "out_dim": 64, "frame_size": 128, "patch_cells": 6,
+                              "regressor_channels": 32},
+                gaps=(2,), lr=1e-3, steps=1500, schedule="cosine", resize=None, crop=(128, 128), batch_size=4,
+                ckpt_every=100, eval_max_frames=12),
 }
 
 
@@ -193,6 +221,41 @@ class CycleTime(CorrespondenceModel):
         where = F.affine_grid(theta, [b, 1, n, n], align_corners=False).reshape(b * n * n, 1, 1, 2)
         return F.grid_sample(box, where, align_corners=False).mean()
 
+    # -- the initial patch ------------------------------------------------------------------
+    def initial_theta(self, clip: torch.Tensor) -> torch.Tensor:
+        """clip (B, T, 3, H, W) -> theta0 (B, 2, 3): the initial patch's transform in the last
+        frame -- one of the `motion_windows` windows of a 6 x 6 grid where the last two frames
+        differ most (TimeCycle's choice), jittered by up to 1/12 of the frame, rotated by up to
+        max_rotation degrees, kept inside the frame."""
+        cfg = self.config
+        b = clip.shape[0]
+        dev, dt = clip.device, clip.dtype
+        s = cfg.patch_scale
+        margin = 1.0 - s
+        locs = torch.linspace(-margin, margin, 6, device=dev, dtype=dt)
+        ly, lx = torch.meshgrid(locs, locs, indexing="ij")
+        centres = torch.stack([lx.flatten(), ly.flatten()], 1)  # (36, 2) (x, y) normalised
+        if cfg.motion_windows > 0:
+            diff = (clip[:, -1] - clip[:, -2]).abs().sum(1, keepdim=True)  # (B, 1, H, W)
+            side = max(1, round(s * clip.shape[-1]))
+            score = F.adaptive_avg_pool2d(F.avg_pool2d(diff, side, 1, side // 2, count_include_pad=False), 6)
+            top = score.flatten(1).topk(cfg.motion_windows, dim=1).indices  # (B, k)
+            pick = top[torch.arange(b, device=dev), torch.randint(cfg.motion_windows, (b,), device=dev)]
+        else:
+            pick = torch.randint(36, (b,), device=dev)
+        xy = centres[pick] + (torch.rand(b, 2, device=dev, dtype=dt) - 0.5) * (2.0 / 12.0)
+        xy = xy.clamp(-margin, margin)
+        angle = (torch.rand(b, 1, device=dev, dtype=dt) * 2 - 1) * math.radians(cfg.max_rotation)
+        return self.theta(torch.cat([xy, angle], 1))
+
+    def encode_patch(self, frame: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """frame (B, 3, H, W), theta (B, 2, 3) -> the crop's own normalised features
+        (B, D, patch_cells, patch_cells), from an image crop of 8 * patch_cells pixels."""
+        side = 8 * self.config.patch_cells
+        grid = F.affine_grid(theta, [frame.shape[0], 3, side, side], align_corners=False)
+        crop = F.grid_sample(frame, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return F.normalize(self.features(crop), dim=1)
+
     # -- loss -----------------------------------------------------------------------------
     def loss_terms(self, clip):
         cfg = self.config
@@ -208,12 +271,9 @@ class CycleTime(CorrespondenceModel):
         fh, fw = raw.shape[-2:]
         last = t - 1
 
-        # The initial patch: a random axis-aligned crop of the last frame, inside the frame.
-        margin = 1.0 - cfg.patch_scale
-        params0 = torch.cat([(torch.rand(b, 2, device=clip.device, dtype=clip.dtype) * 2 - 1) * margin,
-                             clip.new_zeros(b, 1)], 1)
-        theta0 = self.theta(params0)
-        patch0 = F.normalize(self.crop(raw[:, last], theta0), dim=1)
+        # The initial patch: a rotated image crop of the last frame, encoded on its own.
+        theta0 = self.initial_theta(clip)
+        patch0 = self.encode_patch(clip[:, last], theta0)
 
         # Backward chain last -> last-1 -> ... -> 0; step k reaches frame last-k.
         back = [patch0]
