@@ -10,6 +10,7 @@
 Each model file implements its paper's training objective over the densecorr ops.
 """
 from . import corrflow, cycletime, mast, uvc, vidcolor  # noqa: F401  (each import registers its model)
+from . import crw  # noqa: F401  (registers "crw")
 from .affinity import Affinity
 from .backbones import ResNet18, ResNet50Res4, build_backbone
 from .colour import ColourQuantiser, fit_colour_clusters, kmeans, lab_to_rgb, rgb_to_lab

@@ -31,6 +31,7 @@ TINY = {
     "corrflow": dict(width=8, out_dim=16, radius=2, clip_length=3),
     "mast": dict(width=8, out_dim=16, radius=2, roi_radius=1, roi_dilation=2),
     "uvc": dict(width=8, out_dim=16, colour_dim=16, warmup_epochs=0),  # the localisation stage
+    "crw": dict(width=8, stride=4, stages=2, embed_stages=2, patch_size=8, grid=5, clip_length=3),
 }
 SIZE = 64  # clip side in tests (pixels): 16 x 16 feature cells at stride 4, 8 x 8 at stride 8
 
@@ -91,8 +92,8 @@ MODELS = dm.list_models()
 
 
 # ------------------------------------------------------------------------------ registry
-def test_registry_lists_the_five_methods():
-    assert set(MODELS) >= {"vidcolor", "cycletime", "corrflow", "uvc", "mast"}
+def test_registry_lists_the_six_methods():
+    assert set(MODELS) >= {"vidcolor", "cycletime", "corrflow", "uvc", "mast", "crw"}
 
 
 def test_every_model_has_a_tiny_config():
