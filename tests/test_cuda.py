@@ -22,18 +22,15 @@ from hypothesis import strategies as st
 
 import densecorr
 from densecorr import backends
-from densecorr.reference import window_offsets
+from densecorr.geometry import window_offsets
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_GPU = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
 
-TOL = {
-    torch.float64: dict(atol=1e-10, rtol=1e-8),
-    torch.float32: dict(atol=3e-5, rtol=1e-4),
-    torch.float16: dict(atol=2e-2, rtol=2e-2),
-    torch.bfloat16: dict(atol=8e-2, rtol=5e-2),
-}
+from conftest import TOLERANCE  # noqa: E402  (the one tolerance table)
+
+TOL = {dtype: dict(atol=atol, rtol=rtol) for dtype, (atol, rtol) in TOLERANCE.items()}
 
 
 def _close(name, got, want, dtype):

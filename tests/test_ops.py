@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import densecorr
-from densecorr import reference
+from densecorr import geometry, reference
 
 from conftest import REPO, assert_close
+import cases
 import textbook
 
 F64 = torch.float64
@@ -25,16 +26,7 @@ def rand(*shape, dtype=F64, grad=False):
 
 # --------------------------------------------------------------------------- global ops
 
-GLOBAL_SHAPES = [  # B, N, M, D, C, topk
-    (1, 1, 1, 1, 1, None),
-    (2, 1, 7, 3, 1, 1),
-    (1, 5, 9, 4, 2, 9),
-    (3, 13, 11, 5, 3, 4),
-    (2, 33, 70, 8, 7, None),
-]
-
-
-@pytest.mark.parametrize("B,N,M,D,C,topk", GLOBAL_SHAPES)
+@pytest.mark.parametrize("B,N,M,D,C,topk", cases.GLOBAL, ids=cases.GLOBAL_IDS)
 def test_global_attention_matches_textbook(B, N, M, D, C, topk):
     q, k, v = rand(B, N, D, grad=True), rand(B, M, D, grad=True), rand(B, M, C, grad=True)
     out = densecorr.global_attention(q, k, v, scale=0.7, topk=topk, backend=REF)
@@ -118,18 +110,6 @@ def test_bbox_from_coords(weighted):
 
 # --------------------------------------------------------------------------- local ops
 
-LOCAL_CASES = [  # B, T, D, C, H, W, radius, dilation, boundary, window, topk
-    (1, 1, 1, 1, 1, 1, 0, 1, "mask", "square", None),
-    (2, 1, 3, 2, 5, 6, 1, 1, "mask", "square", None),
-    (1, 2, 4, 1, 7, 5, 2, 2, "zero", "square", 3),
-    (1, 3, 2, 3, 6, 9, 1, 3, "mask", "circle", 1),
-    (2, 1, 3, 2, 6, 7, 1, 2, "clamp", "square", None),
-    (1, 2, 2, 2, 9, 9, 2, 1, "clamp", "circle", None),
-    (1, 1, 3, 1, 4, 11, 2, 1, "zero", "circle", 13),
-    (1, 2, 2, 2, 5, 5, 1, 1, "mask", "square", 18),  # topk = all T*P
-]
-
-
 def _local_inputs(B, T, D, C, H, W, grad=True):
     q = rand(B, D, H, W, grad=grad)
     k = rand(B, T, D, H, W, grad=grad) if T > 1 else rand(B, D, H, W, grad=grad)
@@ -141,7 +121,7 @@ def _k5(t):
     return t if t.dim() == 5 else t.unsqueeze(1)
 
 
-@pytest.mark.parametrize("B,T,D,C,H,W,radius,dilation,boundary,window,topk", LOCAL_CASES)
+@pytest.mark.parametrize("B,T,D,C,H,W,radius,dilation,boundary,window,topk", cases.LOCAL, ids=cases.LOCAL_IDS)
 def test_local_attention_matches_textbook(B, T, D, C, H, W, radius, dilation, boundary, window, topk):
     q, k, v = _local_inputs(B, T, D, C, H, W)
     args = (radius, dilation, 0.8, boundary, window)
@@ -153,13 +133,13 @@ def test_local_attention_matches_textbook(B, T, D, C, H, W, radius, dilation, bo
     assert_close(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(expected, (q, k, v), g))
 
 
-@pytest.mark.parametrize("B,T,D,C,H,W,radius,dilation,boundary,window,topk", LOCAL_CASES)
+@pytest.mark.parametrize("B,T,D,C,H,W,radius,dilation,boundary,window,topk", cases.LOCAL, ids=cases.LOCAL_IDS)
 @pytest.mark.parametrize("normalize", [True, False])
 def test_local_affinity_and_copy_match_textbook(B, T, D, C, H, W, radius, dilation, boundary, window, topk, normalize):
     q, k, v = _local_inputs(B, T, D, C, H, W)
     attn = densecorr.local_affinity(q, k, radius, dilation, 0.8, normalize, boundary, window, backend=REF)
     expected = textbook.local_affinity(q, _k5(k), radius, dilation, 0.8, normalize, boundary, window)
-    P = reference.window_size(radius, window)
+    P = geometry.window_size(radius, window)
     assert attn.shape == (B, T * P, H, W)
     assert_close(attn, expected)
     finite = torch.isfinite(expected)
@@ -210,8 +190,8 @@ def test_local_chunked_equals_unchunked(monkeypatch):
 
 
 def test_circle_window_order_and_size():
-    offsets = reference.window_offsets(2, "circle")
-    assert len(offsets) == 13 and reference.window_size(12, "circle") == 441
+    offsets = geometry.window_offsets(2, "circle")
+    assert len(offsets) == 13 and geometry.window_size(12, "circle") == 441
     assert list(offsets) == sorted(offsets)  # row-major
     assert (0, 2) in offsets and (0, 0) not in offsets
 
@@ -226,7 +206,7 @@ def test_circle_window_order_and_size():
 def test_local_attention_fuzz(B, T, D, C, H, W, radius, dilation, boundary, window, topk_frac):
     if boundary == "clamp" and min(H, W) < (2 * radius + 1) * dilation:
         boundary = "mask"
-    P = T * reference.window_size(radius, window)
+    P = T * geometry.window_size(radius, window)
     topk = None if topk_frac is None else max(1, round(topk_frac * P))
     q, k, v = _local_inputs(B, T, D, C, H, W)
     args = (radius, dilation, 1.1, boundary, window)

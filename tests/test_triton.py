@@ -21,6 +21,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import cases
+from conftest import close
+
 if torch.cuda.is_available():
     pytest.skip("GPU present: the Triton kernels are tested on CUDA in tests/test_cuda.py",
                 allow_module_level=True)
@@ -58,12 +61,7 @@ def test_in_interpreter_subprocess():
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
 
 
-TOL = {torch.float32: dict(atol=2e-5, rtol=1e-4), torch.float16: dict(atol=2e-2, rtol=2e-2)}
-
-
-def _close(name, got, want, dtype):
-    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    torch.testing.assert_close(got.double(), want.double(), **TOL[dtype], msg=lambda m: f"{name}: {m}")
+_close = close  # conftest's: the one tolerance table
 
 
 def _leaves(*tensors, dtype=torch.float32):
@@ -97,20 +95,8 @@ def test_triton_backend_available_on_cpu_only_explicitly():
 # --------------------------------------------------------------------------- global
 
 
-GLOBAL_CASES = [  # B, N, M, D, C, topk
-    (1, 1, 1, 1, 1, None),
-    (1, 5, 7, 3, 1, None),
-    (2, 70, 33, 20, 3, None),
-    (1, 9, 130, 8, 2, None),
-    (2, 19, 40, 5, 3, 1),
-    (1, 37, 100, 17, 2, 10),
-    (1, 6, 6, 4, 3, 6),
-    (2, 4, 90, 3, 5, 33),
-]
-
-
 @interpreted
-@pytest.mark.parametrize("B,N,M,D,C,topk", GLOBAL_CASES)
+@pytest.mark.parametrize("B,N,M,D,C,topk", cases.GLOBAL, ids=cases.GLOBAL_IDS)
 def test_global_attention(B, N, M, D, C, topk):
     g = torch.Generator().manual_seed(N * M + D)
     q, k, v = (torch.randn(B, n, d, generator=g) for n, d in ((N, D), (M, D), (M, C)))
@@ -170,25 +156,9 @@ def test_project_coords(B, N, D, H, W):
 # --------------------------------------------------------------------------- local
 
 
-LOCAL_CASES = [  # B, D, H, W, T, C, radius, dilation, boundary, window, topk
-    (1, 1, 4, 5, 1, 1, 1, 1, "mask", "square", None),
-    (1, 3, 5, 6, 1, 2, 0, 1, "mask", "square", None),
-    (2, 4, 7, 5, 2, 3, 1, 1, "zero", "square", None),
-    (1, 5, 10, 11, 3, 2, 2, 2, "clamp", "square", None),
-    (1, 2, 6, 7, 2, 2, 2, 1, "mask", "circle", None),
-    (1, 3, 6, 7, 2, 1, 2, 2, "mask", "square", None),
-    (1, 3, 7, 9, 3, 3, 2, 1, "clamp", "circle", None),
-    (1, 3, 6, 7, 2, 2, 1, 2, "zero", "circle", None),
-    (1, 3, 5, 6, 2, 2, 1, 1, "mask", "square", 5),
-    (1, 3, 6, 7, 1, 3, 2, 1, "zero", "circle", 10),
-    (1, 3, 10, 10, 2, 1, 1, 2, "clamp", "square", 4),
-    (1, 2, 5, 4, 3, 2, 1, 1, "mask", "circle", 1),
-]
-
-
 @interpreted
-@pytest.mark.parametrize("B,D,H,W,T,C,radius,dilation,boundary,window,topk", LOCAL_CASES)
-def test_local_attention(B, D, H, W, T, C, radius, dilation, boundary, window, topk):
+@pytest.mark.parametrize("B,T,D,C,H,W,radius,dilation,boundary,window,topk", cases.LOCAL, ids=cases.LOCAL_IDS)
+def test_local_attention(B, T, D, C, H, W, radius, dilation, boundary, window, topk):
     g = torch.Generator().manual_seed(H * W + T)
     q = torch.randn(B, D, H, W, generator=g)
     k = torch.randn(B, T, D, H, W, generator=g)
@@ -230,19 +200,10 @@ def test_local_attention_clamp_too_small_is_an_error():
         densecorr.local_attention(x, x, x, radius=2, boundary="clamp", backend="triton")
 
 
-WINDOW_CASES = [  # B, D, H, W, T, C, radius, dilation, boundary, window
-    (1, 3, 5, 6, 1, 2, 1, 1, "mask", "square"),
-    (2, 2, 6, 5, 2, 3, 1, 2, "zero", "square"),
-    (1, 4, 10, 11, 2, 3, 2, 2, "clamp", "square"),
-    (1, 2, 7, 6, 2, 1, 2, 1, "mask", "circle"),
-    (1, 3, 7, 8, 1, 2, 2, 1, "clamp", "circle"),
-]
-
-
 @interpreted
 @pytest.mark.parametrize("normalize", [True, False])
-@pytest.mark.parametrize("B,D,H,W,T,C,radius,dilation,boundary,window", WINDOW_CASES)
-def test_local_affinity_and_copy(normalize, B, D, H, W, T, C, radius, dilation, boundary, window):
+@pytest.mark.parametrize("B,T,D,C,H,W,radius,dilation,boundary,window,topk", cases.WINDOW, ids=cases.WINDOW_IDS)
+def test_local_affinity_and_copy(normalize, B, T, D, C, H, W, radius, dilation, boundary, window, topk):
     g = torch.Generator().manual_seed(H + W + T)
     q = torch.randn(B, D, H, W, generator=g)
     k = torch.randn(B, T, D, H, W, generator=g)
@@ -262,7 +223,7 @@ def local_geometry(draw):
     low = (2 * radius + 1) * dilation if boundary == "clamp" else 1
     H, W = draw(st.integers(low, low + 4)), draw(st.integers(low, low + 4))
     T, D, C = draw(st.integers(1, 2)), draw(st.integers(1, 5)), draw(st.integers(1, 4))
-    P = len(densecorr.reference.window_offsets(radius, window))
+    P = densecorr.geometry.window_size(radius, window)
     topk = draw(st.sampled_from([None, None, 1, min(3, T * P), T * P]))
     return D, H, W, T, C, radius, dilation, boundary, window, topk
 

@@ -1,6 +1,11 @@
 """Textbook formulas for the ops: materialised affinities and windows built by plain Python
-loops, written independently of densecorr.reference so that they can check it."""
+loops, written independently of densecorr.reference so that they can check it. The window's
+membership rule (which cells a circle keeps) is densecorr.geometry's, the one definition;
+the key coordinates (axis_cells, including NATTEN's clamp rule) are computed here
+independently of it."""
 import torch
+
+from densecorr.geometry import in_window
 
 
 def axis_cells(n, y, radius, dilation, boundary):
@@ -24,7 +29,7 @@ def window_table(H, W, radius, dilation, boundary, window):
             entry = []
             for i in range(2 * radius + 1):
                 for j in range(2 * radius + 1):
-                    if window == "circle" and (i - radius) ** 2 + (j - radius) ** 2 > radius**2:
+                    if not in_window(i - radius, j - radius, radius, window):
                         continue
                     r, c = rows[i], cols[j]
                     entry.append(-1 if r is None or c is None else r * W + c)
