@@ -294,3 +294,185 @@ def test_unreadable_video_is_skipped_with_a_warning(frames_root, tmp_path):
     assert a.shape == (3, 3, 32, 32) and torch.equal(a, b)  # the crop is a function of the seed
     with pytest.raises(DataError, match="no readable"):
         readable_sequences([str(root / "broken.mp4")], notes.append)
+
+
+# --------------------------------------------------------------------------- hardening
+
+
+def _bad_frames_root(frames_root, tmp_path):
+    """seq0 with a corrupt frame (00003.png) and a frame of another size (00006.png); seq1 intact."""
+    import shutil
+
+    root = tmp_path / "badframes"
+    for name in ("seq0", "seq1"):
+        shutil.copytree(os.path.join(frames_root, name), root / name)
+    (root / "seq0" / "00003.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    Image.open(root / "seq0" / "00006.png").resize((64, 40)).save(root / "seq0" / "00006.png")
+    return str(root)
+
+
+def test_bad_frames_are_skipped_with_one_warning_each(frames_root, tmp_path):
+    import warnings
+
+    root = _bad_frames_root(frames_root, tmp_path)
+    paths = readable_sequences([root], print)
+    assert len(paths) == 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clips = SeededClips(paths, clip_len=3, gaps=(1, 2), resize=36, crop=(32, 32), flip=True)
+        first = [clips[(i, 100 + i)] for i in range(len(clips))]
+        again = [clips[(i, 100 + i)] for i in range(len(clips))]  # a second epoch: no new warnings
+    notes = [str(w.message) for w in caught]
+    assert len(notes) == 2, notes
+    assert any("00003.png" in n for n in notes) and any("00006.png" in n and "64x40" in n for n in notes)
+    assert all(c.shape == (3, 3, 32, 32) for c in first)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    # The replacement of a bad clip depends only on (index, seed): a fresh dataset read in
+    # another order (another worker, a resumed run) gives the same clips.
+    fresh = SeededClips(paths, clip_len=3, gaps=(1, 2), resize=36, crop=(32, 32), flip=True)
+    for i in reversed(range(len(fresh))):
+        assert torch.equal(fresh[(i, 100 + i)], first[i]), i
+
+
+def test_resume_is_exact_after_bad_frames(frames_root, tmp_path):
+    root = _bad_frames_root(frames_root, tmp_path)
+    cfg = tiny_config("vidcolor", root, steps=6, gaps=(1,), ckpt_every=1)
+    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    training.train(cfg, full, quiet=True, log=lambda m: None)
+    training.train(cfg.replace(steps=3), cut, quiet=True, log=lambda m: None)  # stops at step 3 ...
+    notes = []
+    training.train(cfg, cut, quiet=True, log=notes.append)  # ... and resumes from its checkpoint
+    assert any("resumed from" in n and "ckpt-00000003.pt" in n for n in notes)
+    a, b = final_state(full), final_state(cut)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _tiny_mast_args(data, out, lr):
+    return ["-m", "densecorr.training", "--model", "mast", "--preset", "cpu", "--model-set", "width=4", "--model-set", "out_dim=8",
+            "--data", data, "--set", "resize=36", "--set", "crop=[32,32]", "--set", "gaps=[1]", "--set", "batch_size=2",
+            "--set", "ckpt_every=1", "--set", "log_every=1", "--set", "threads=1", "--steps", "6", "--lr", lr, "--out", out, "--quiet"]
+
+
+def test_diverging_run_stops_cleanly_with_its_last_good_checkpoint(frames_root, tmp_path):
+    # lr 1e30: the first update makes MAST's features overflow, the loss turns NaN. Before, the
+    # backward through NaN grid_sample coordinates crashed the process (SIGSEGV).
+    out = str(tmp_path / "run")
+    p = run_cli(_tiny_mast_args(frames_root, out, "1e30"))
+    text, _ = p.communicate(timeout=200)
+    assert p.returncode == 2, text
+    last = text.strip().splitlines()[-1]
+    assert "training stopped at step 4: 3 steps in a row skipped (non-finite loss)" in last, text
+    assert "Traceback" not in text
+    assert [s for s, _ in list_checkpoints(out)] == [1] and "ckpt-00000001.pt" in last
+    ckpt = load_checkpoint(os.path.join(out, "ckpt-00000001.pt"))
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert not os.path.exists(os.path.join(out, "model.pt"))
+
+
+def test_a_non_finite_step_is_skipped_before_backward(frames_root, tmp_path, monkeypatch):
+    from densecorr import models
+    from densecorr.training import DistInfo, build_optimizer, train_step
+
+    cfg = tiny_config("corrflow", frames_root, gaps=(1,), accum_steps=2)
+    torch.manual_seed(0)
+    model = models.create("corrflow", **TINY["corrflow"])
+    clips = SeededClips(readable_sequences([frames_root], print), model.clip_length, (1,), cfg.resize, cfg.crop, cfg.flip)
+    batches = iter([torch.stack([clips[(i, i)] for i in range(j, j + 2)]) for j in range(0, 8, 2)])
+    optimizer = build_optimizer(cfg, model.parameters())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    real_forward = type(model).forward
+    calls = []
+
+    def forward(self, clip):
+        out = real_forward(self, clip)
+        calls.append(1)
+        if len(calls) == 1:  # the first micro-batch of the first step
+            out = {k: v * float("nan") for k, v in out.items()}
+        return out
+
+    monkeypatch.setattr(type(model), "forward", forward)
+    monkeypatch.setattr(torch.Tensor, "backward", lambda self, *a, **k: pytest.fail("backward ran on a non-finite loss"))
+    before = training.parameter_fingerprint(model)
+    res = train_step(model, batches, optimizer, scaler, cfg, torch.device("cpu"), None, DistInfo())
+    assert res.skipped == "non-finite loss" and res.clips == 4 and len(calls) == 1  # both micro-batches drawn, one run
+    assert training.parameter_fingerprint(model) == before
+    assert int(model.num_steps) == 0  # the buffers (step counter, BatchNorm statistics) are restored
+    assert all(p.grad is None for p in model.parameters())
+    monkeypatch.undo()
+    res = train_step(model, batches, optimizer, scaler, cfg, torch.device("cpu"), None, DistInfo())
+    assert res.skipped is None and np.isfinite(res.terms["loss"]) and int(model.num_steps) == 2
+    assert training.parameter_fingerprint(model) != before
+
+
+_KILL_DURING_SAVE = r"""
+import json, os, signal, sys
+import torch
+from densecorr import training
+
+real_save = torch.save
+
+
+def save(obj, f, *args, **kwargs):
+    # Die in the middle of writing checkpoint 3: some bytes are out, the rest never comes.
+    if "ckpt-00000003" in getattr(f, "name", str(f)):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *args, **kwargs)
+
+
+torch.save = save
+cfg = training.TrainConfig.from_dict(json.load(open(sys.argv[1])))
+training.train(cfg, sys.argv[2], quiet=True)
+"""
+
+
+def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint(frames_root, tmp_path):
+    cfg = tiny_config("vidcolor", frames_root, steps=5, gaps=(1,), keep_last=3)
+    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps(cfg.to_dict()))
+    p = run_cli(["-c", _KILL_DURING_SAVE, str(config), cut])
+    text, _ = p.communicate(timeout=200)
+    assert p.returncode == -signal.SIGKILL, text
+    assert [s for s, _ in list_checkpoints(cut)] == [1, 2]
+    assert load_checkpoint(os.path.join(cut, "ckpt-00000002.pt"))["train"]["step"] == 2
+    leftovers = [n for n in os.listdir(cut) if ".tmp-" in n]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".ckpt-00000003.pt")
+    notes = []
+    training.train(cfg, cut, quiet=True, log=notes.append)
+    assert any("resumed from" in n and "ckpt-00000002.pt" in n for n in notes), notes
+    assert not [n for n in os.listdir(cut) if ".tmp-" in n]  # the killed writer's file is cleaned up
+    training.train(cfg, full, quiet=True, log=lambda m: None)
+    a, b = final_state(full), final_state(cut)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--set", "threads=-1"], "TrainConfig.threads"),
+    (["--lr", "nan"], "TrainConfig.lr"),
+    (["--lr", "inf"], "TrainConfig.lr"),
+    (["--lr", "-0.001"], "TrainConfig.lr"),
+    (["--set", "clip_grad=inf"], "TrainConfig.clip_grad"),
+    (["--set", "batch_size=2.5"], "TrainConfig.batch_size"),
+    (["--set", "nosuchfield=1"], "no field"),
+    (["--model-set", "width=-4"], "width"),
+    (["--config", "BAD.json"], "is not valid JSON (line 1"),
+    (["--config", "BAD.yaml"], "is not valid YAML"),
+    (["--config", "LIST.yaml"], "must hold a mapping"),
+    (["--config", "MISSING.json"], "does not exist"),
+])
+def test_bad_training_arguments_end_in_one_line(frames_root, tmp_path, capsys, args, says):
+    (tmp_path / "BAD.json").write_text('{"lr": 1e-3,, }')
+    (tmp_path / "BAD.yaml").write_text("lr: [1e-3\nsteps: 2\n")
+    (tmp_path / "LIST.yaml").write_text("- lr\n- steps\n")
+    args = [str(tmp_path / a) if a.isupper() or a.startswith(("BAD", "LIST", "MISSING")) else a for a in args]
+    out = str(tmp_path / "run")
+    argv = ["--model", "vidcolor", "--preset", "cpu", "--model-set", "width=4", "--data", frames_root, "--steps", "1",
+            "--set", "resize=36", "--set", "crop=[32,32]", "--out", out, "--quiet", *args]
+    assert training.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error:" in err[0] and says in err[0], err
+    assert not os.path.exists(os.path.join(out, "model.pt"))

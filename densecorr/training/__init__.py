@@ -41,7 +41,8 @@ from densecorr.training.config import TrainConfig, config_from_values, model_pre
 from densecorr.training.data import SeededClips, StreamBatches, default_train_root, mix_seed, readable_sequences
 from densecorr.training.distributed import DistInfo
 from densecorr.training.log import Logger, plot_log
-from densecorr.training.loop import StepResult, TrainingDiverged, evaluate_davis, train, train_step
+from densecorr.evaluation import evaluate_davis  # noqa: F401  (the periodic evaluation; its home is densecorr.evaluation)
+from densecorr.training.loop import StepResult, TrainingDiverged, train, train_step
 from densecorr.training.optim import build_optimizer, lr_factor
 from densecorr.training.state import (
     CHECKPOINT_FORMAT,
@@ -59,7 +60,7 @@ _mix = mix_seed  # the name tests and notebooks used for the seed mixer
 __all__ = [
     "TrainConfig", "preset", "model_presets", "config_from_values", "parse_value", "read_config_file",
     "SeededClips", "StreamBatches", "default_train_root", "readable_sequences", "mix_seed",
-    "DistInfo", "Logger", "plot_log", "StepResult", "TrainingDiverged", "train", "train_step", "evaluate_davis",
+    "DistInfo", "Logger", "plot_log", "StepResult", "TrainingDiverged", "train", "train_step",
     "build_optimizer", "lr_factor", "CHECKPOINT_FORMAT", "CheckpointError", "export_model", "find_resume",
     "list_checkpoints", "load_checkpoint", "parameter_fingerprint", "save_checkpoint", "main",
 ]

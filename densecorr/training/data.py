@@ -140,7 +140,7 @@ class SeededClips(torch.utils.data.Dataset):
                 found.append((j, str(exc)))
                 continue
             if ref is not None and (arr.shape[1], arr.shape[0]) != tuple(ref):
-                found.append((j, f"frame {path!r} is {arr.shape[1]}x{arr.shape[0]}, the sequence's frames are {ref[0]}x{ref[1]}"))
+                found.append((j, f"it is {arr.shape[1]}x{arr.shape[0]}, the sequence's frames are {ref[0]}x{ref[1]}"))
         return found
 
     def _get(self, index: int) -> torch.Tensor:

@@ -1,12 +1,13 @@
 """The training loop: `train_step` (one optimiser step over accum_steps micro-batches) and
-`train` (set up a run, call `train_step` until cfg.steps, log, checkpoint, evaluate).
+`train` (set up a run, call `train_step` until cfg.steps, log, checkpoint, and evaluate through
+densecorr.evaluation.evaluate_davis every cfg.eval_every steps).
 
 A step whose loss is not finite on any rank is skipped before backward (no backward through
 NaN, which can crash inside torch's grid_sample backward); so is one whose gradients (outside
 fp16's loss scaling, which skips those itself) or updated parameters are not finite. The model's
 buffers (BatchNorm statistics, step counters) are restored on a skipped step. After
 cfg.max_skipped_steps skipped in a row the run stops with `TrainingDiverged`; no checkpoint is
-written while the parameters are not finite, so the last one stays good.
+written at a skipped step or while the parameters are not finite, so the last ones stay good.
 """
 from __future__ import annotations
 
@@ -213,6 +214,8 @@ def _setup(cfg: TrainConfig, out: str, resume: str | None, quiet: bool, log: Cal
 
 def _evaluate(run: _Run) -> dict | None:
     """The periodic J&F (rank 0; the others wait at a barrier)."""
+    from densecorr.evaluation import evaluate_davis
+
     cfg, res = run.cfg, None
     if run.info.main:
         res = evaluate_davis(run.net, cfg.eval_root, cfg.eval_sequences, cfg.eval_max_frames, cfg.eval_height, cfg.eval_protocol, run.device)
@@ -264,8 +267,8 @@ def train(cfg: TrainConfig, out: str, resume: str | None = "auto", quiet: bool =
                 last_loss = row.get("loss", last_loss)
                 window = _Window()
             if run.step % cfg.ckpt_every == 0 or run.step == cfg.steps:
-                if result.skipped == "non-finite parameters after the update":
-                    run.warn(f"warning: no checkpoint at step {run.step}: the parameters are not finite")
+                if skipped_in_row or not parameters_finite(run.net):  # keep the last good checkpoints
+                    run.warn(f"warning: no checkpoint at step {run.step}: {'the step was skipped' if skipped_in_row else 'the parameters are not finite'}")
                 else:
                     save_checkpoint(out, run.step, cfg, run.net, run.optimizer, run.scheduler, run.scaler, run.info)
                     if run.info.main:
@@ -282,44 +285,4 @@ def train(cfg: TrainConfig, out: str, resume: str | None = "auto", quiet: bool =
     return {"step": run.step, "loss": last_loss, "eval": last_eval}
 
 
-# --------------------------------------------------------------------------- evaluation (until densecorr.evaluation)
-
-
-def evaluate_davis(model, root: str | None = None, sequences=None, max_frames: int | None = 20,
-                   height: int | None = 240, protocol: str = "crw", device="cpu") -> dict:
-    """J&F of label propagation with `model` (embed/stride) on DAVIS sequences (the evaluation
-    protocol of densecorr.propagation; first `max_frames` frames, frames at `height`).
-
-    Returns the overall row of densecorr.metrics.overall plus "sequences" (per-sequence J&F)."""
-    from densecorr.data.davis import Davis, object_ids
-    from densecorr.data.paths import default_davis_root
-    from densecorr.metrics import SequenceScores, overall
-    from densecorr.propagation import Propagator, propagate_mask
-
-    root = root or default_davis_root()[0]
-    davis = Davis(root)
-    names = list(sequences or davis.sequences)
-    propagator = Propagator(model, protocol, device=device, height=height)
-    scores = []
-    was_training = model.training
-    model.eval()
-    try:
-        for name in names:
-            seq = davis[name]
-            n = len(seq) if max_frames is None else min(len(seq), max_frames)
-            first = seq.mask(0)
-            score = SequenceScores(seq.name, object_ids(first))
-            frames = (seq.frames[i] for i in range(n))
-            for t, _, mask in propagate_mask(propagator, frames, first):
-                if seq.has_mask(t):
-                    score.add(seq.names[t], mask, seq.mask(t))
-            scores.append(score)
-    finally:
-        model.train(was_training)
-    out = overall(scores)
-    out["sequences"] = {s.name: s.summary()["J&F"] for s in scores}
-    out["seconds"] = propagator.timer
-    return out
-
-
-__all__ = ["TrainingDiverged", "StepResult", "train_step", "train", "evaluate_davis"]
+__all__ = ["TrainingDiverged", "StepResult", "train_step", "train"]
