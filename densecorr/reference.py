@@ -75,7 +75,10 @@ def global_attention_bwd(grad_out, q, k, v, out, lse, idx, scale: float):
     M, C = k.shape[1], v.shape[2]
     topk = idx.shape[-1]
     qa, ka, va, go = _acc(q), _acc(k), _acc(v), _acc(grad_out)
-    delta = (go * _acc(out)).sum(-1)  # (B, N): sum_c dout * out, the softmax correction
+    # delta (B, N) = sum_c dout * out, the softmax correction. A half-precision `out` is
+    # rounded: then delta is recomputed from the float32 probabilities (sum_i p_i dout.v_i).
+    exact_out = out.dtype not in (torch.float16, torch.bfloat16)
+    delta = (go * _acc(out)).sum(-1) if exact_out else None
     dq = torch.empty_like(qa)
     dk = torch.zeros_like(ka)
     dv = torch.zeros_like(va)
@@ -85,14 +88,18 @@ def global_attention_bwd(grad_out, q, k, v, out, lse, idx, scale: float):
             ind = idx[:, s:e]
             kg, vg = _gather_keys(ka, ind), _gather_keys(va, ind)  # (B, n, k, D|C)
             p = torch.exp(scale * (qc[:, :, None] * kg).sum(-1) - lse[:, s:e, None])
-            ds = p * ((gc[:, :, None] * vg).sum(-1) - delta[:, s:e, None])
+            dp = (gc[:, :, None] * vg).sum(-1)
+            dl = delta[:, s:e, None] if exact_out else (p * dp).sum(-1, keepdim=True)
+            ds = p * (dp - dl)
             dq[:, s:e] = scale * (ds[..., None] * kg).sum(2)
             flat = ind.reshape(B, -1, 1)
             dk.scatter_add_(1, flat.expand(-1, -1, D), (scale * ds[..., None] * qc[:, :, None]).reshape(B, -1, D))
             dv.scatter_add_(1, flat.expand(-1, -1, C), (p[..., None] * gc[:, :, None]).reshape(B, -1, C))
         else:
             p = torch.exp(scale * torch.bmm(qc, ka.transpose(1, 2)) - lse[:, s:e, None])
-            ds = p * (torch.bmm(gc, va.transpose(1, 2)) - delta[:, s:e, None])
+            dp = torch.bmm(gc, va.transpose(1, 2))
+            dl = delta[:, s:e, None] if exact_out else (p * dp).sum(-1, keepdim=True)
+            ds = p * (dp - dl)
             dq[:, s:e] = scale * torch.bmm(ds, ka)
             dk += scale * torch.bmm(ds.transpose(1, 2), qc)
             dv += torch.bmm(p.transpose(1, 2), gc)

@@ -49,6 +49,18 @@ def _cpu_kernel(name: str):
     return run
 
 
+# Backward ops whose saved forward output (argument 4) enters the softmax correction
+# delta = dout . out: for half-precision inputs it is recomputed in float32 (the rounded
+# output would cost the gradients their float32 accuracy), at the price of one forward.
+_RECOMPUTE_OUT = {
+    "global_attention_bwd": lambda a: torch.ops.densecorr_ext.global_attention_fwd(a[1], a[2], a[3], a[7], a[6].shape[-1])[0],
+    "project_coords_bwd": lambda a: torch.ops.densecorr_ext.project_coords_fwd(a[1], a[2], a[5])[0],
+    "local_attention_bwd": lambda a: torch.ops.densecorr_ext.local_attention_fwd(
+        a[1], a[2], a[3], a[7], a[8], a[9], a[10], a[11], a[6].shape[-1])[0],
+}
+_OUT_ARG = {"global_attention_bwd": 4, "project_coords_bwd": 3, "local_attention_bwd": 4}
+
+
 def _upcast_by_batch(name, op, dtype, args):
     """op on float32 copies of `args`' half-precision tensors, one batch element at a time
     (every kernel op's tensors have the batch as dim 0, and batch elements are independent)."""
@@ -60,6 +72,8 @@ def _upcast_by_batch(name, op, dtype, args):
             (a[b : b + 1].float() if a.dtype in HALF else a[b : b + 1]) if isinstance(a, torch.Tensor) else a
             for a in args
         ]
+        if name in _RECOMPUTE_OUT:
+            sliced[_OUT_ARG[name]] = _RECOMPUTE_OUT[name](sliced)
         out = op(*sliced)
         outs = out if isinstance(out, (tuple, list)) else (out,)
         parts.append([o if (i in stats or not o.is_floating_point()) else o.to(dtype) for i, o in enumerate(outs)])
