@@ -6,11 +6,12 @@
     torchrun --nproc_per_node 8 examples/train.py --model mast --preset paper --data VIDEOS --out runs/mast
 
 Interrupt it at any time: run it again with the same --out to resume from the last checkpoint.
-See densecorr/training.py for the options (`--help`, `--print-config`).
+`--help` lists the options (densecorr/cli/train.py); the library is densecorr.training.
+`densecorr export RUN/ckpt-<step>.pt model.pt` and `densecorr plot RUN` use the run afterwards.
 """
 import sys
 
-from densecorr.training import main
+from densecorr.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(prog="examples/train.py"))
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from densecorr import training
+from densecorr import cli, training
 from densecorr.data import FrameSource, sample_root
 from densecorr.data.io import DataError
 from densecorr.training import (
@@ -72,7 +72,7 @@ def cli_args(cfg: TrainConfig, out: str) -> list[str]:
     with open(path, "w") as f:
         json.dump(cfg.to_dict(), f)
     # The file holds every field; the paper presets' model_config is {}, so the run's model is exactly cfg's.
-    return ["-m", "densecorr.training", "--config", path, "--out", out, "--quiet", "--preset", "paper"]
+    return ["examples/train.py", "--config", path, "--out", out, "--quiet", "--preset", "paper"]
 
 
 def final_state(out: str) -> dict:
@@ -132,7 +132,7 @@ def test_config_validation_and_presets():
             assert cfg.crop[0] % stride == 0 and cfg.crop[1] % stride == 0, (name, kind)
             if hasattr(config, "frame_size"):
                 assert tuple(cfg.crop) == (config.frame_size,) * 2, (name, kind)
-    assert training.main(["--model", "nosuchmodel", "--print-config"]) == 2
+    assert cli.main(["train", "--model", "nosuchmodel", "--print-config"]) == 2
 
 
 def test_presets_live_beside_each_model():
@@ -173,8 +173,8 @@ def test_train_logs_checkpoints_and_periodic_eval(frames_root, tmp_path):
     curves = os.path.join(out, "curves.png")
     assert os.path.getsize(curves) > 1000
     os.remove(curves)
-    assert training.main(["--plot", out]) == 0 and os.path.getsize(curves) > 1000
-    assert training.main(["--plot", str(tmp_path / "nothing-here")]) == 2
+    assert cli.main(["plot", out]) == 0 and os.path.getsize(curves) > 1000
+    assert cli.main(["plot", str(tmp_path / "nothing-here")]) == 2
     # The colourisation loss on the training clips (fixed crops) falls from the initial weights.
     from densecorr import models
 
@@ -197,9 +197,9 @@ def test_train_logs_checkpoints_and_periodic_eval(frames_root, tmp_path):
     assert model.stride == 8 and "vidcolor" in desc
     ckpt = load_checkpoint(os.path.join(out, "ckpt-00000008.pt"))
     assert ckpt["train"]["step"] == 8 and ckpt["model"] == "vidcolor"
-    # --export strips the training state and keeps the weights.
+    # `densecorr export` strips the training state and keeps the weights.
     exported = str(tmp_path / "exported.pt")
-    assert training.main(["--export", os.path.join(out, "ckpt-00000008.pt"), exported]) == 0
+    assert cli.main(["export", os.path.join(out, "ckpt-00000008.pt"), exported]) == 0
     assert set(torch.load(exported, weights_only=True)) == {"model", "config", "state_dict", "trained"}
     assert load_model(exported, log=lambda m: None)[0].stride == 8
     final = torch.load(os.path.join(out, "model.pt"), weights_only=True)
@@ -273,7 +273,7 @@ def test_corrupt_checkpoint_is_reported_and_passed_over(frames_root, tmp_path):
     assert path.endswith("ckpt-00000001.pt") and ckpt["train"]["step"] == 1
     assert any("ckpt-00000002.pt" in n and "corrupt" in n for n in notes)
     # Asked for explicitly, the bad file ends the command with a clear error (exit status 2).
-    assert training.main(["--model", "vidcolor", "--data", frames_root, "--out", out, "--resume", newest, "--quiet"]) == 2
+    assert cli.main(["train", "--model", "vidcolor", "--data", frames_root, "--out", out, "--resume", newest, "--quiet"]) == 2
     not_ckpt = str(tmp_path / "weights.pt")
     torch.save({"state_dict": {}}, not_ckpt)
     with pytest.raises(CheckpointError, match="not a training checkpoint"):
@@ -349,7 +349,7 @@ def test_resume_is_exact_after_bad_frames(frames_root, tmp_path):
 
 
 def _tiny_mast_args(data, out, lr):
-    return ["-m", "densecorr.training", "--model", "mast", "--preset", "cpu", "--model-set", "width=4", "--model-set", "out_dim=8",
+    return ["examples/train.py", "--model", "mast", "--preset", "cpu", "--model-set", "width=4", "--model-set", "out_dim=8",
             "--data", data, "--set", "resize=36", "--set", "crop=[32,32]", "--set", "gaps=[1]", "--set", "batch_size=2",
             "--set", "ckpt_every=1", "--set", "log_every=1", "--set", "threads=1", "--steps", "6", "--lr", lr, "--out", out, "--quiet"]
 
@@ -408,7 +408,7 @@ def test_a_non_finite_step_is_skipped_before_backward(frames_root, tmp_path, mon
 _KILL_DURING_SAVE = r"""
 import json, os, signal, sys
 import torch
-from densecorr import training
+from densecorr import cli, training
 
 real_save = torch.save
 
@@ -472,7 +472,7 @@ def test_bad_training_arguments_end_in_one_line(frames_root, tmp_path, capsys, a
     out = str(tmp_path / "run")
     argv = ["--model", "vidcolor", "--preset", "cpu", "--model-set", "width=4", "--data", frames_root, "--steps", "1",
             "--set", "resize=36", "--set", "crop=[32,32]", "--out", out, "--quiet", *args]
-    assert training.main(argv) == 2
+    assert cli.main(["train", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error:" in err[0] and says in err[0], err
     assert not os.path.exists(os.path.join(out, "model.pt"))

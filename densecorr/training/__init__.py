@@ -1,8 +1,9 @@
 """Training of the self-supervised correspondence models (densecorr.models) on unlabelled video.
 
-    python examples/train.py --model mast --preset cpu --out runs/mast
+    densecorr train --model mast --preset cpu --out runs/mast      (densecorr/cli/train.py)
     torchrun --nproc_per_node 4 examples/train.py --model mast --preset paper --data VIDEOS --out runs/mast
-    densecorr train ...            # the same arguments
+    densecorr export runs/mast/ckpt-00004000.pt mast.pt            (export_model)
+    densecorr plot runs/mast                                       (plot_log)
 
 or from Python: `train(preset("mast", "cpu"), out="runs/mast")`.
 
@@ -53,7 +54,6 @@ from densecorr.training.state import (
     parameter_fingerprint,
     save_checkpoint,
 )
-from densecorr.training.command import main
 
 _mix = mix_seed  # the name tests and notebooks used for the seed mixer
 
@@ -62,5 +62,5 @@ __all__ = [
     "SeededClips", "StreamBatches", "default_train_root", "readable_sequences", "mix_seed",
     "DistInfo", "Logger", "plot_log", "StepResult", "TrainingDiverged", "train", "train_step",
     "build_optimizer", "lr_factor", "CHECKPOINT_FORMAT", "CheckpointError", "export_model", "find_resume",
-    "list_checkpoints", "load_checkpoint", "parameter_fingerprint", "save_checkpoint", "main",
+    "list_checkpoints", "load_checkpoint", "parameter_fingerprint", "save_checkpoint",
 ]
