@@ -110,6 +110,12 @@ def _jit_build(csrc: str):
         with open(failed) as f:
             raise RuntimeError(f"compiling failed before ({f.read().strip()}); DENSECORR_REBUILD=1 retries")
     record_path = os.path.join(build_dir, "_C_build.json")
+    library = os.path.join(build_dir, "densecorr_C.so")
+    if _buildcfg.STABLE_ABI and os.path.exists(record_path) and os.path.exists(library):
+        # compiled before, by this or another process: load it, no compiler or ninja needed
+        torch.ops.load_library(library)
+        with open(record_path) as f:
+            return torch.ops.densecorr_ext, json.load(f)
     fresh = not os.path.exists(record_path)
     if _buildcfg.compiler() is None:
         raise RuntimeError(f"no C++ compiler found ({os.environ.get('CXX', 'c++')})")
