@@ -55,7 +55,8 @@ from .registry import CorrespondenceModel, ModelConfig, register_model
 
 @dataclasses.dataclass
 class CycleTimeConfig(ModelConfig):
-    """arch/width/out_dim: backbone (ResNet-50 res4 at stride 1, 1 x 1 projection to out_dim);
+    """arch/width/out_dim: backbone (ResNet-50 res4 at stride 1, 1 x 1 projection to out_dim;
+    stages: residual stages of a "resnet18" trunk, 2-4; padding: "zeros" or "reflect");
     clip_length frames, the last holds the initial patch; frame_size: side of the (square)
     training frames; patch_scale: patch side / frame side (the fixed scale); patch_cells:
     side of the patch grid (the patch image is encoded at 8 * patch_cells pixels);
@@ -66,6 +67,8 @@ class CycleTimeConfig(ModelConfig):
     arch: str = "resnet50_res4"
     width: int = 64
     out_dim: int = 512
+    stages: int = 4
+    padding: str = "zeros"
     clip_length: int = 4
     frame_size: int = 128
     patch_scale: float = 1.0 / 3.0
@@ -144,7 +147,8 @@ class CycleTime(CorrespondenceModel):
 
     def __init__(self, config: CycleTimeConfig):
         super().__init__(config)
-        self.backbone = build_backbone(config.arch, 8, config.width, config.out_dim, in_channels=3)
+        self.backbone = build_backbone(config.arch, 8, config.width, config.out_dim, in_channels=3, stages=config.stages,
+                                       padding=config.padding)
         cells = config.frame_size // 8
         self.regressor = TransformRegressor(cells * cells, config.regressor_channels)
         # Fixed points whose transformed positions measure how far two transforms disagree.
