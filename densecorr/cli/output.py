@@ -27,6 +27,7 @@ import re
 import secrets
 import shutil
 import signal
+import tempfile
 from typing import Iterable, Iterator
 
 from densecorr.data.io import DataError
@@ -105,13 +106,18 @@ class OutputDir:
             ancestor = os.path.dirname(ancestor)
         if not os.path.isdir(ancestor):
             raise DataError(f"{option} {text!r} cannot be created: {ancestor!r} is a file")
+        where = "the folder" if ancestor == self.path else f"{ancestor!r}"
         if not os.access(ancestor, os.W_OK | os.X_OK):
-            where = "the folder" if ancestor == self.path else f"{ancestor!r}"
             raise DataError(f"{option} {text!r} is not writable (no write permission in {where}); choose another folder")
+        try:  # the real test (permissions can lie: root, read-only mounts, /proc)
+            os.rmdir(tempfile.mkdtemp(prefix=".densecorr-probe-", dir=ancestor))
+        except OSError as exc:
+            raise DataError(f"{option} {text!r} is not writable ({exc.strerror or exc} in {where}); choose another folder") from None
         self.created = not os.path.exists(self.path)
         self.entries = self._read_marker()
         self.committed: list[str] = []
         self.claimed: list[str] = []
+        self._opened = False
 
     # -- the marker ---------------------------------------------------------------------
     def _read_marker(self) -> list[str]:
@@ -167,7 +173,11 @@ class OutputDir:
     # -- writing ----------------------------------------------------------------------------
     def open(self) -> None:
         """Create the folder if needed and remove the leftovers of killed runs."""
-        os.makedirs(self.path, exist_ok=True)
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as exc:
+            raise DataError(f"cannot create {self.option} {self.given!r} ({exc.strerror or exc}); choose another folder") from None
+        self._opened = True
         self.cleanup()
 
     def cleanup(self) -> list[str]:
@@ -202,7 +212,7 @@ class OutputDir:
         """A fresh staging path for entry `name` (a folder, created, or a file path)."""
         if name not in self.claimed:
             raise RuntimeError(f"entry {name!r} was not claimed")
-        if not os.path.isdir(self.path):
+        if not self._opened:
             self.open()
         path = os.path.join(self.path, f".{name}.partial-{_token()}")
         if kind == "dir":
