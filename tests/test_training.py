@@ -476,3 +476,28 @@ def test_bad_training_arguments_end_in_one_line(frames_root, tmp_path, capsys, a
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error:" in err[0] and says in err[0], err
     assert not os.path.exists(os.path.join(out, "model.pt"))
+
+
+def test_sigterm_stops_training_cleanly_and_it_resumes(frames_root, tmp_path):
+    cfg = tiny_config("vidcolor", frames_root, steps=400, gaps=(1,))
+    out = str(tmp_path / "run")
+    p = run_cli(cli_args(cfg, out))
+    deadline = time.time() + 150
+    while not list_checkpoints(out):
+        assert p.poll() is None, p.stdout.read()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    p.send_signal(signal.SIGTERM)
+    text, _ = p.communicate(timeout=100)
+    assert p.returncode == 143, text
+    assert text.strip().splitlines()[-1].startswith("densecorr train: terminated; run it again with the same --out"), text
+    assert "Traceback" not in text and not os.path.exists(os.path.join(out, "model.pt"))
+    step, newest = list_checkpoints(out)[-1]
+    assert load_checkpoint(newest)["train"]["step"] == step < cfg.steps
+    with open(os.path.join(out, "log.jsonl"), "a") as f:
+        f.write('{"kind": "train", "step": 99')  # a row cut short, as by a kill
+    notes = []
+    training.train(cfg.replace(steps=step + 1), out, quiet=True, log=notes.append)
+    assert any(f"ckpt-{step:08d}.pt" in n for n in notes), notes
+    rows = [line for line in open(os.path.join(out, "log.jsonl"))]
+    assert json.loads(rows[-1])["step"] == step + 1  # the next row is whole, on its own line

@@ -22,7 +22,13 @@ class Logger:
         if not enabled:
             return
         os.makedirs(out, exist_ok=True)
-        self.jsonl = open(os.path.join(out, "log.jsonl"), "a")
+        path = os.path.join(out, "log.jsonl")
+        self.jsonl = open(path, "a")
+        if self.jsonl.tell() > 0:  # a line cut short by a kill must not swallow the next one
+            with open(path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    self.jsonl.write("\n")
         try:
             from torch.utils.tensorboard import SummaryWriter
 
