@@ -252,3 +252,14 @@ def test_shipped_default_tracks_better_than_lab_on_the_sample():
     random_init = models.create(shipped["model"], **shipped["config"]).eval()
     for rival in (LabEmbedding(4), LabEmbedding(8), random_init):
         assert ours > score(rival) + 0.03, (ours, rival)
+
+
+def test_run_yields_each_frame_with_its_labels():
+    """Propagator.run yields (t, frame, labels): callers need no copy of the frames."""
+    frames, masks = moving_square_video(n=4)
+    prop = Propagator(LabEmbedding(4), "corrflow")
+    ids = [3]
+    out = list(prop.run(iter(frames), lambda size, grid: to_grid(one_hot(masks[0], ids), grid)))
+    assert [t for t, _, _ in out] == [1, 2, 3]
+    for t, frame, labels in out:
+        assert frame is frames[t] and labels.shape == (2, 12, 20)
