@@ -13,8 +13,10 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
+    import importlib
+
     try:
-        from densecorr import bench
+        bench = importlib.import_module("densecorr.bench")
     except ImportError as exc:
         print(f"densecorr bench: error: the benchmark harness densecorr.bench cannot be imported ({exc}); reinstall densecorr", file=sys.stderr)
         return 2
