@@ -226,6 +226,39 @@ def _evaluate(run: _Run) -> dict | None:
     return res
 
 
+def _log(run: _Run, window: _Window, result: StepResult) -> float:
+    """One log row (mean terms over the window, lr, throughput, epoch): log.jsonl, TensorBoard,
+    the console. Returns the window's mean loss."""
+    cfg = run.cfg
+    row = {k: float(np.mean(v)) for k, v in window.terms.items()}
+    row.update(lr=run.optimizer.param_groups[0]["lr"], clips_per_s=window.clips / max(time.perf_counter() - window.start, 1e-9),
+               epoch=run.step * cfg.batch_size * run.info.world_size * cfg.accum_steps / len(run.dataset))
+    if cfg.clip_grad is not None:
+        row["grad_norm"] = result.grad_norm
+    run.logger.record(run.step, row)
+    run.logger.print(f"step {run.step}/{cfg.steps}  " + "  ".join(f"{k} {v:.4g}" for k, v in row.items()))
+    return row.get("loss", float("nan"))
+
+
+def _checkpoint(run: _Run, skipped_in_row: int) -> None:
+    """OUT/ckpt-<step>.pt and curves.png; none at a skipped step or with non-finite parameters,
+    so that the newest checkpoints stay good ones."""
+    if skipped_in_row or not parameters_finite(run.net):
+        why = "the step was skipped" if skipped_in_row else "the parameters are not finite"
+        run.warn(f"warning: no checkpoint at step {run.step}: {why}")
+        return
+    save_checkpoint(run.out, run.step, run.cfg, run.net, run.optimizer, run.scheduler, run.scaler, run.info)
+    if run.info.main:
+        plot_log(run.out)
+
+
+def _diverged(run: _Run, skipped_in_row: int, why: str) -> TrainingDiverged:
+    saved = list_checkpoints(run.out)
+    good = f"the last good checkpoint is {saved[-1][1]}" if saved else "no checkpoint was written"
+    return TrainingDiverged(f"training stopped at step {run.step}: {skipped_in_row} steps in a row skipped ({why}); "
+                            f"{good}; lower the learning rate or check the data")
+
+
 def train(cfg: TrainConfig, out: str, resume: str | None = "auto", quiet: bool = False, log: Callable[[str], None] | None = None) -> dict:
     """Train `cfg.model` as `cfg` says; checkpoints and logs go to folder `out`.
 
@@ -240,39 +273,19 @@ def train(cfg: TrainConfig, out: str, resume: str | None = "auto", quiet: bool =
             result = train_step(run.model, run.batches, run.optimizer, run.scaler, cfg, run.device, run.amp, run.info)
             run.scheduler.step()
             run.step += 1
+            skipped_in_row = skipped_in_row + 1 if result.skipped else 0
             if result.skipped:
-                skipped_in_row += 1
                 run.warn(f"warning: {result.skipped} at step {run.step} ({result.terms}); step skipped")
                 if skipped_in_row >= cfg.max_skipped_steps:
-                    saved = list_checkpoints(out)
-                    good = f"the last good checkpoint is {saved[-1][1]}" if saved else "no checkpoint was written"
-                    raise TrainingDiverged(
-                        f"training stopped at step {run.step}: {skipped_in_row} steps in a row skipped ({result.skipped}); "
-                        f"{good}; lower the learning rate or check the data"
-                    )
-            else:
-                skipped_in_row = 0
+                    raise _diverged(run, skipped_in_row, result.skipped)
             window.add(result, run.info.world_size)
             last_loss = result.terms.get("loss", float("nan"))
             run.logger.progress(1, {"loss": f"{last_loss:.4f}", "clips/s": f"{window.clips_per_s():.2f}"})
             if run.step % cfg.log_every == 0 or run.step == cfg.steps:
-                elapsed = time.perf_counter() - window.start
-                row = {k: float(np.mean(v)) for k, v in window.terms.items()}
-                row.update(lr=run.optimizer.param_groups[0]["lr"], clips_per_s=window.clips / max(elapsed, 1e-9),
-                           epoch=run.step * cfg.batch_size * run.info.world_size * cfg.accum_steps / len(run.dataset))
-                if cfg.clip_grad is not None:
-                    row["grad_norm"] = result.grad_norm
-                run.logger.record(run.step, row)
-                run.logger.print(f"step {run.step}/{cfg.steps}  " + "  ".join(f"{k} {v:.4g}" for k, v in row.items()))
-                last_loss = row.get("loss", last_loss)
+                last_loss = _log(run, window, result)
                 window = _Window()
             if run.step % cfg.ckpt_every == 0 or run.step == cfg.steps:
-                if skipped_in_row or not parameters_finite(run.net):  # keep the last good checkpoints
-                    run.warn(f"warning: no checkpoint at step {run.step}: {'the step was skipped' if skipped_in_row else 'the parameters are not finite'}")
-                else:
-                    save_checkpoint(out, run.step, cfg, run.net, run.optimizer, run.scheduler, run.scaler, run.info)
-                    if run.info.main:
-                        plot_log(out)
+                _checkpoint(run, skipped_in_row)
             if cfg.eval_every and (run.step % cfg.eval_every == 0 or run.step == cfg.steps):
                 last_eval = _evaluate(run)
                 window.start = time.perf_counter()  # evaluation time is not training throughput
