@@ -14,6 +14,7 @@ Environment:
   DENSECORR_NO_EXTENSION=1   never compile here (pure-Python wheel, even with torch)
   DENSECORR_DEBUG=1          keep symbols in the .so (stripped by default)
 """
+import glob
 import importlib.util
 import json
 import os
@@ -107,9 +108,16 @@ def _extension():
             meta = cfg.build_record(torch.__version__, torch.version.cuda if with_cuda else None,
                                     os.environ.get("TORCH_CUDA_ARCH_LIST") if with_cuda else None,
                                     cfg.source_hash(CSRC))
-            out_dir = os.path.dirname(self.get_ext_fullpath("densecorr._C"))
+            built = self.get_ext_fullpath("densecorr._C")
+            out_dir = os.path.dirname(built)
             with open(os.path.join(out_dir, "_C_build.json"), "w") as f:
                 json.dump(meta, f, indent=1)
+            # An in-place build next to an older one (e.g. _C.cpython-311-*.so from before the
+            # abi3 build): Python would import the older one first.
+            for stale in glob.glob(os.path.join(out_dir, "_C.*.so")):
+                if os.path.abspath(stale) != os.path.abspath(built):
+                    print(f"densecorr: removing the stale {os.path.relpath(stale)}")
+                    os.remove(stale)
 
     return [ext], {"build_ext": BuildExt}
 

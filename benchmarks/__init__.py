@@ -1,4 +1,6 @@
 """Comparison benchmarks of densecorr against the alternatives (see benchmarks/README.md).
 
-`python -m benchmarks --help`; microbenchmarks: `pytest benchmarks/ --benchmark-only`.
+The harness itself is installed with the package as densecorr.bench (`densecorr bench`);
+`python -m benchmarks ...` in a checkout runs the same. Microbenchmarks:
+`pytest benchmarks/ --benchmark-only`.
 """

@@ -1,3 +1,6 @@
-from benchmarks.harness import main
+# `python -m benchmarks ...` from a source checkout: the installed harness, densecorr.bench.
+import sys
 
-main()
+from densecorr.bench import main
+
+sys.exit(main(sys.argv[1:]))

@@ -1,18 +1,19 @@
-"""The comparison harness (benchmarks/) end to end on a tiny case: files, fields, ratios."""
+"""The comparison harness (densecorr.bench, `densecorr bench`, `python -m benchmarks`) end to end
+on a tiny case: files, fields, ratios; the entry point's exit statuses."""
 import csv
 import json
 import math
 import os
+import subprocess
 import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from densecorr.bench import harness, report
+from densecorr.bench.cases import Case, make_inputs
+from densecorr.bench.providers import PROVIDERS
 
-from benchmarks import harness, report  # noqa: E402
-from benchmarks.cases import Case, make_inputs  # noqa: E402
-from benchmarks.providers import PROVIDERS  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +100,27 @@ def test_bad_arguments():
         harness.parse_args(["--providers", "nope"])
     with pytest.raises(SystemExit):
         harness.parse_args(["--modes", "sideways"])
+
+
+def test_entry_point_exit_statuses(run, capsys):
+    """densecorr.bench.main (what `densecorr bench` calls): 0 on success and --help, 2 on a
+    usage error, one line, no traceback; `report` prints the stored table."""
+    import densecorr.bench as bench
+
+    out, _ = run
+    assert bench.main(["report", str(out / "t.json")]) == 0
+    assert "x densecorr" in capsys.readouterr().out
+    assert bench.main(["--help"]) == 0
+    assert bench.main(["--suite", "nope"]) == 2
+    assert bench.main(["report"]) == 2
+    assert bench.main(["report", str(out / "missing.json")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "missing.json" in err
+
+
+def test_python_m_benchmarks_shim():
+    """`python -m benchmarks` in a checkout runs the installed harness."""
+    run = subprocess.run([sys.executable, "-m", "benchmarks", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "usage: densecorr bench" in run.stdout and "--suite" in run.stdout

@@ -5,26 +5,15 @@ import csv
 import datetime
 import json
 import os
-import platform
 import subprocess
 
-from benchmarks.providers import PROVIDERS
+from densecorr.bench.providers import PROVIDERS
+from densecorr.system import densecorr_info, machine_info
 
 CSV_FIELDS = [
     "case", "kind", "size", "family", "provider", "mode", "status", "median_ms", "min_ms",
     "peak_extra_mib", "ratio", "max_abs_err", "first_call_s", "repeats", "note",
 ]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def git_commit(repo: str) -> dict:
@@ -42,55 +31,9 @@ def git_commit(repo: str) -> dict:
         return {"commit": None, "dirty": None}
 
 
-def machine_info(device: str) -> dict:
-    import torch
-
-    info = {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-    try:
-        with open("/proc/meminfo") as f:
-            info["ram_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-        info["cuda"] = torch.version.cuda
-    return info
-
-
-def densecorr_info() -> dict:
-    try:
-        import densecorr
-    except Exception as exc:
-        return {"error": f"{type(exc).__name__}: {exc}"}
-    info = {"version": getattr(densecorr, "__version__", None)}
-    try:
-        build_info = getattr(densecorr, "build_info", None)
-        if build_info is None:
-            from densecorr._ext import build_info
-        info["build_info"] = build_info()
-    except Exception as exc:
-        info["build_info"] = {"error": f"{type(exc).__name__}: {exc}"}
-    return info
-
-
 def assemble(args, cases: list[dict], rows: list[dict], started: float) -> dict:
     """The JSON document: settings, machine, versions, commit, date, cases, providers, rows."""
-    from benchmarks.harness import REPO_ROOT
+    from densecorr.bench.harness import REPO_ROOT
 
     used = sorted({r["provider"] for r in rows})
     notes = sorted({f"{r['provider']}: {r['note']}" for r in rows if r["status"] == "skipped" and r.get("note")})
@@ -215,7 +158,7 @@ def write_all(result: dict, out_dir: str, tag: str, plot_png: bool = True) -> li
 
 
 def main(argv=None):
-    """`python -m benchmarks.report FILE.json...`: the table of earlier runs, one after another."""
+    """`densecorr bench report FILE.json...`: the table of earlier runs, one after another."""
     import sys
 
     for path in (sys.argv[1:] if argv is None else argv):

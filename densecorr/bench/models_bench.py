@@ -66,7 +66,7 @@ def _sync(device):
 
 def time_job(job: dict) -> dict:
     """Both variants of one model side by side: first step, then `repeats` alternating steps."""
-    from benchmarks.worker import describe_error, proc_status_bytes, reset_peak_rss
+    from densecorr.bench.worker import describe_error, proc_status_bytes, reset_peak_rss
 
     device, budget = torch.device(job["device"]), job.get("budget_bytes")
     res, steps = {}, {}
@@ -122,7 +122,7 @@ def time_job(job: dict) -> dict:
 def run(args, log, save_partial=None) -> list[dict]:
     """Rows of the models suite (mode "full": a whole training step); `save_partial(rows)` is
     called after each model. `args.cases` (substrings) selects models."""
-    from benchmarks.harness import MEMORY_ENV, MiB, _row, run_worker
+    from densecorr.bench.harness import MEMORY_ENV, MiB, _row, run_worker
 
     rows = []
     budget = int(args.memory_budget_gib * 2**30)

@@ -1,6 +1,7 @@
-"""The comparison harness: cases x providers x modes, side by side; see benchmarks/README.md.
+"""The comparison harness: cases x providers x modes, side by side; methodology in the
+repository's benchmarks/README.md.
 
-    python -m benchmarks [--suite global|local|topk|models|all] [--quick] [--out DIR] [--repeats N]
+    densecorr bench [--suite global|local|topk|models|all] [--quick] [--out DIR] [--repeats N]
 """
 from __future__ import annotations
 
@@ -13,12 +14,18 @@ import sys
 import tempfile
 import time
 
-from benchmarks import report
-from benchmarks.cases import Case, cases_for
-from benchmarks.providers import PROVIDERS, case_kind
+from densecorr.bench import report
+from densecorr.bench.cases import Case, cases_for
+from densecorr.bench.providers import PROVIDERS, case_kind
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(PACKAGE_DIR)
+# The folder that holds the densecorr package: a source checkout (then results go to its
+# benchmarks/results, and its git commit is recorded) or site-packages.
+REPO_ROOT = os.path.dirname(os.path.dirname(PACKAGE_DIR))
+IN_CHECKOUT = os.path.isfile(os.path.join(REPO_ROOT, "pyproject.toml")) and os.path.isdir(
+    os.path.join(REPO_ROOT, "benchmarks"))
+DEFAULT_OUT = os.path.join(REPO_ROOT, "benchmarks", "results") if IN_CHECKOUT else os.path.join(
+    os.getcwd(), "densecorr-bench")
 MODES = ("forward", "backward", "full")
 MiB = 2**20
 
@@ -46,7 +53,7 @@ def default_budget_gib() -> float:
 
 
 def run_worker(job: dict, env_extra: dict | None = None, timeout: float | None = None) -> dict:
-    """Run one job in a fresh `python -m benchmarks.worker` process; its JSON result."""
+    """Run one job in a fresh `python -m densecorr.bench.worker` process; its JSON result."""
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("PYTHONWARNINGS", "ignore")
@@ -57,8 +64,8 @@ def run_worker(job: dict, env_extra: dict | None = None, timeout: float | None =
             json.dump(job, f)
         try:
             proc = subprocess.run(
-                [sys.executable, "-m", "benchmarks.worker", job_path, out_path],
-                cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+                [sys.executable, "-m", "densecorr.bench.worker", job_path, out_path],
+                cwd=REPO_ROOT if IN_CHECKOUT else None, env=env, capture_output=True, text=True, timeout=timeout,
             )
         except subprocess.TimeoutExpired:
             return {"status": "failed", "error": f"worker timed out after {timeout:.0f} s"}
@@ -184,11 +191,11 @@ def add_ratios(rows: list[dict], base: str = "densecorr") -> None:
 def parse_args(argv=None):
     import torch
 
-    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="densecorr bench", description=__doc__.splitlines()[0])
     ap.add_argument("--suite", default="all", choices=["global", "local", "topk", "models", "all", "smoke"],
                     help="which cases ('all': global, local and topk; 'models' is separate)")
     ap.add_argument("--quick", action="store_true", help="skip the biggest cases (GBs for the naive providers)")
-    ap.add_argument("--out", default=os.path.join(PACKAGE_DIR, "results"), help="folder for JSON/CSV/PNG")
+    ap.add_argument("--out", default=DEFAULT_OUT, help=f"folder for JSON/CSV/PNG (default: {DEFAULT_OUT})")
     ap.add_argument("--tag", default=None, help="file name stem (default: <suite>-<device>[-quick])")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per provider and mode (median)")
     ap.add_argument("--modes", default=",".join(MODES), help="comma list of forward, backward, full")
@@ -237,7 +244,7 @@ def main(argv=None) -> dict:
         report.write_all(report.assemble(args, cases, rows, started), args.out, args.tag + ".partial", plot_png=False)
 
     if args.suite == "models":
-        from benchmarks import models_bench
+        from densecorr.bench import models_bench
 
         cases = models_bench.cases_as_dicts()
         rows = models_bench.run(args, log, lambda rows: save_partial(rows, cases))

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from benchmarks.cases import Case
+from densecorr.bench.cases import Case
 
 
 @dataclass

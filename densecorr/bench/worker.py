@@ -1,7 +1,7 @@
-"""The measuring side of the harness, run in fresh processes: `python -m benchmarks.worker JOB OUT`.
+"""The measuring side of the harness, run in fresh processes: `python -m densecorr.bench.worker JOB OUT`.
 
 Three kinds of job (JSON in the file JOB, result JSON written to OUT); "model_time" is the
-models suite's (benchmarks/models_bench.py), the other two:
+models suite's (densecorr/bench/models_bench.py), the other two:
 - "time": one case, all its providers side by side in this process: each provider is built
   and warmed up once (first call timed separately: it includes compilation), then for each
   repeat every provider runs once, in an order rotated by one each repeat, so that machine
@@ -32,8 +32,9 @@ import traceback
 
 import torch
 
-from benchmarks.cases import Case, make_inputs
-from benchmarks.providers import PROVIDERS
+from densecorr.system import proc_status_bytes, reset_peak_rss  # noqa: F401  (models_bench uses them)
+from densecorr.bench.cases import Case, make_inputs
+from densecorr.bench.providers import PROVIDERS
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -41,23 +42,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.f
 # ---------------------------------------------------------------------------- memory helpers
 
 
-def proc_status_bytes(field: str) -> int:
-    """A "kB" field of /proc/self/status (VmRSS, VmHWM, VmData), in bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where not permitted."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+# proc_status_bytes, reset_peak_rss: the one copy, in densecorr.system (imported above).
 
 
 class RssSampler:
@@ -350,7 +335,7 @@ def main(argv=None):
 
     limit_memory(job.get("budget_bytes"))
     if job["kind"] == "model_time":
-        from benchmarks import models_bench
+        from densecorr.bench import models_bench
 
         result = models_bench.time_job(job)
     else:
