@@ -130,9 +130,10 @@ def _colour_decoder(dim: int, stride: int) -> nn.Sequential:
 # Training presets (densecorr.training.preset(name, preset)): TrainConfig fields over its defaults.
 PRESETS = {
     # Li et al. 2019 / UVC's README: frame pairs, 30 epochs of Kinetics (~6000 steps of batch 40
-    # each), the first 10 a warm-up, Adam 1e-4; 256 px patches of 640 px frames (here: 256 px
-    # crops, patch 0.4 of them).
-    "paper": dict(model_config={}, crop=(256, 256), gaps=(1, 2, 3, 4, 5), batch_size=40, lr=1e-4, steps=180_000),
+    # each), the first 10 a warm-up, Adam 1e-4; 256 px patches (32 x 32 cells, concentration
+    # window 8) of 640 px frames.
+    "paper": dict(model_config={}, resize=640, crop=(640, 640), gaps=(1, 2, 3, 4, 5), batch_size=40, lr=1e-4,
+                  steps=180_000),
     # The shipped default's trunk recipe (stride 4, one stage) on 64 x 64 crops: the patch is 32 px
     # (8 x 8 cells), the concentration window 2 x 2 cells (a quarter of the patch side, as UVC's
     # 8 of 32); 2000 steps in 30 "epochs" of 67 steps, 10 of them warm-up.
