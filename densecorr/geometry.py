@@ -51,11 +51,28 @@ def window_offsets(radius: int, window: str) -> tuple[tuple[int, int], ...]:
     return tuple((i, j) for i in side for j in side if in_window(i - radius, j - radius, radius, window))
 
 
+def _circle_sizes(n: int) -> tuple[int, ...]:
+    """P of the circle windows of radius 0..n-1 (integer square roots, vectorised)."""
+    r = torch.arange(n, dtype=torch.int64)[:, None]
+    dy = torch.arange(-(n - 1), n, dtype=torch.int64)[None, :]
+    rest = r * r - dy * dy
+    half = torch.sqrt(rest.clamp(min=0).double()).floor().long()
+    half = half - (half * half > rest).long() + ((half + 1) * (half + 1) <= rest).long()  # exact isqrt
+    return tuple(int(x) for x in torch.where(rest >= 0, 2 * half + 1, 0).sum(1))
+
+
+# A table, so that torch.compile can look up P for a symbolic radius (specialising on it).
+_CIRCLE_SIZES = _circle_sizes(257)
+
+
 def window_size(radius, window: str):
-    """P, the number of positions in one reference's window. Closed form for "square", so
-    that a symbolic radius (torch.compile dynamic=True) stays symbolic."""
+    """P, the number of positions in one reference's window. Closed form for "square" (a
+    symbolic radius under torch.compile(dynamic=True) stays symbolic), a table lookup for
+    "circle" (which specialises on the radius)."""
     if window == "square":
         return (2 * radius + 1) ** 2
+    if radius < len(_CIRCLE_SIZES):
+        return _CIRCLE_SIZES[radius]
     radius = int(radius)
     return sum(2 * row_half_width(dy, radius, window) + 1 for dy in range(-radius, radius + 1))
 

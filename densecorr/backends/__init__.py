@@ -147,14 +147,19 @@ def kernel(name: str, backend: str) -> Callable:
 
 
 def run(name: str, requested: str, *args):
-    """Choose a backend for kernel `name` from its tensor arguments and run it (autocast off)."""
+    """Choose a backend for kernel `name` from its tensor arguments and run it (autocast
+    off). Outputs are contiguous, as the ops' fake kernels say (compiled graphs check it)."""
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     fn = kernel(name, choose(name, tensors, requested))
     device = tensors[0].device.type
     if torch.is_autocast_enabled(device):
         with torch.autocast(device, enabled=False):
-            return fn(*args)
-    return fn(*args)
+            out = fn(*args)
+    else:
+        out = fn(*args)
+    if isinstance(out, torch.Tensor):
+        return out.contiguous()
+    return tuple(o.contiguous() for o in out)
 
 
 def available(name: str, device: str | torch.device = "cpu", dtype=torch.float32) -> dict[str, str | None]:
