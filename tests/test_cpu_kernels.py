@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import densecorr
-from densecorr import _ext
+from densecorr import _ext, geometry
 
 from conftest import assert_close
 
@@ -84,11 +84,7 @@ def local_case(draw):
     )
 
 
-def _window_size(radius, window):
-    return sum(
-        1 for i in range(-radius, radius + 1) for j in range(-radius, radius + 1)
-        if window == "square" or i * i + j * j <= radius * radius
-    )
+_window_size = geometry.window_size  # the one definition of P
 
 
 @FUZZ
