@@ -188,7 +188,7 @@ def test_sigkill_during_eval_davis_leaves_old_or_new_state(tmp_path):
     files stay complete, and the next run removes the leftovers. Old code: the staging folder
     lived beside --out and no later run removed it."""
     names = ("a", "b", "c")
-    root = make_davis(tmp_path / "davis", names=names, n=8, h=64, w=96)
+    root = make_davis(tmp_path / "davis", names=names, n=12, h=64, w=96)
     out = tmp_path / "eval"
     args = ["eval-davis", "--root", root, "--out", out, "--model", "lab", "--protocol", "crw", "--quiet"]
     first = subprocess.run([sys.executable, "-m", "densecorr", *map(str, args)], cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -196,7 +196,14 @@ def test_sigkill_during_eval_davis_leaves_old_or_new_state(tmp_path):
     before = json.load(open(out / "results.json"))
     proc = _spawn(args)
     try:
-        assert _wait_for(lambda: partials(out), proc), "the run ended before a staging folder appeared"
+        def mid_sequence():  # a sequence half written: its commit is frames away
+            for p in partials(out):
+                masks = os.path.join(out, p, "masks")
+                if os.path.isdir(masks) and 1 <= len(os.listdir(masks)) <= 6:
+                    return True
+            return False
+
+        assert _wait_for(mid_sequence, proc), "the run ended before a sequence was half written"
         proc.kill()
         proc.wait(30)
     finally:
@@ -205,7 +212,7 @@ def test_sigkill_during_eval_davis_leaves_old_or_new_state(tmp_path):
     assert partials(out)  # what a kill leaves ...
     assert json.load(open(out / "results.json"))["sequences"] == before["sequences"]
     for name in names:  # ... and every entry in place is complete
-        assert len(os.listdir(out / name / "masks")) == 8
+        assert len(os.listdir(out / name / "masks")) == 12
     again = subprocess.run([sys.executable, "-m", "densecorr", *map(str, args)], cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert again.returncode == 0, again.stderr
     assert not partials(out) and not partials(tmp_path)  # ... is removed by the next run
