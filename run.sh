@@ -49,7 +49,7 @@ setup() {  # $1: the extras wanted ("" or "test")
   fi
   have_extras="$all"
   if [ "$src" != "$have_src" ]; then
-    echo "run.sh: compiling the C++ extension densecorr._C (about 4 minutes on 2 cores the first time; later calls skip this)"
+    echo "run.sh: compiling the C++ extension densecorr._C (1-3 minutes on 2 cores; later calls skip this)"
     local t0 log="$VENV/densecorr-build.log"
     t0=$(date +%s)
     if ! python setup.py build_ext --inplace > "$log" 2>&1; then
