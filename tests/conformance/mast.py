@@ -27,6 +27,7 @@ The paper's rule (the default here) uses each reference's own offset and samples
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .common import INF, argmax_margin, bilinear, one_hot_ids, sample_bilinear_zeros
 
@@ -57,20 +58,19 @@ def _window_positions(h: int, w: int, radius: int, step: float = 1.0):
     return yy[None] + step * dy.reshape(-1, 1, 1), xx[None] + step * dx.reshape(-1, 1, 1), dy.reshape(-1), dx.reshape(-1)
 
 
-def _gather_zero(img: torch.Tensor, py: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
-    """img (C, h, w) at integer positions (P, h, w), zero outside: (C, P, h, w)."""
+def _window_zero(img: torch.Tensor, radius: int, dilation: int = 1) -> torch.Tensor:
+    """img (C, h, w) at each query cell's window positions (y + dilation * dy, x + dilation * dx),
+    |dy|, |dx| <= radius, row-major, zero outside the image: (C, P, h, w)."""
     C, h, w = img.shape
-    yi, xi = py.long(), px.long()
-    ok = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
-    flat = img.double().reshape(C, -1)[:, (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).reshape(-1)]
-    return flat.reshape(C, *py.shape) * ok[None]
+    cols = F.unfold(img.double()[None], kernel_size=2 * radius + 1, dilation=dilation, padding=radius * dilation)
+    return cols.reshape(C, (2 * radius + 1) ** 2, h, w)
 
 
 def coarse_offset(q: torch.Tensor, k: torch.Tensor, d: int, radius: int = 12) -> torch.Tensor:
     """Expected (ox, oy) (2, h, w) in cells: softmax of q . k over the dilated window (zero logits outside)."""
     D, h, w = q.shape
-    py, px, dy, dx = _window_positions(h, w, radius, d)
-    corr = (q.double()[:, None] * _gather_zero(k, py, px)).sum(0)  # (P, h, w)
+    _, _, dy, dx = _window_positions(h, w, radius, d)
+    corr = (q.double()[:, None] * _window_zero(k, radius, d)).sum(0)  # (P, h, w)
     p = torch.softmax(corr, dim=0)
     return torch.stack([(p * dx[:, None, None]).sum(0), (p * dy[:, None, None]).sum(0)]) * d
 
@@ -100,15 +100,13 @@ def step(q: torch.Tensor, refs: list[tuple[torch.Tensor, torch.Tensor, int | Non
             offsets.append(off)
             corrs.append((qd[:, None] * _sample_window(k, off, radius, half_pixel)).sum(0))
         else:
-            py, px, _, _ = _window_positions(h, w, radius)
-            corrs.append((qd[:, None] * _gather_zero(k, py, px)).sum(0))
+            corrs.append((qd[:, None] * _window_zero(k, radius)).sum(0))
     for (k, lab, d), n in zip(refs, range(len(refs))):
         if d is not None:
             off = offsets[-1] if shared_offset else offsets[n]
             vals.append(_sample_window(lab, off, radius, half_pixel))
         else:
-            py, px, _, _ = _window_positions(h, w, radius)
-            vals.append(_gather_zero(lab, py, px))
+            vals.append(_window_zero(lab, radius))
     p = torch.softmax(torch.cat(corrs, 0), dim=0)  # (R*P, h, w)
     return (p[None] * torch.cat(vals, 1)).sum(1)
 
