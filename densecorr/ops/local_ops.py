@@ -3,7 +3,12 @@
 Window of query pixel (y, x): positions (y + dy*dilation, x + dx*dilation), |dy|, |dx| <=
 radius (square) or dy^2 + dx^2 <= radius^2 (circle), P per reference; with T references
 the position index is t*P + p (references outer, offsets row-major). See DESIGN section 2
-for the boundary modes.
+for the boundary modes; densecorr/geometry.py holds the one definition of all of it.
+
+Windows far larger than the image run on an equivalent smaller window (same result, work
+and memory bounded by the image; see "windows larger than the image" below). The backward
+ops (torch.ops.densecorr.*_bwd) check the shapes of their saved tensors and the range of
+saved indices before any kernel reads them.
 """
 from __future__ import annotations
 
@@ -276,7 +281,8 @@ def local_affinity(
             (-inf at excluded positions when boundary="mask"). normalize=False with
             boundary="zero" is a drop-in for spatial_correlation_sampler.
     Returns:
-        (B, T*P, H, W), position index t*P + p.
+        (B, T*P, H, W), position index t*P + p. Refused (ValueError) when the window
+        reaches beyond the image and the output would exceed MAX_AFFINITY_ELEMENTS.
     """
     c = Checker("local_affinity")
     c.tensor("q", q, {4: "(B, D, H, W)"})
