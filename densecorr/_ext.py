@@ -126,7 +126,7 @@ def _jit_build(csrc: str):
     if fresh:
         what = f"with CUDA ({why_cuda}, archs {os.environ['TORCH_CUDA_ARCH_LIST']})" if with_cuda else "CPU"
         print(f"densecorr: compiling the C++ kernels ({what}) against torch {torch.__version__}, once: "
-              f"about 5 minutes on 2 cores; cached in {build_dir}", file=sys.stderr, flush=True)
+              f"1-3 minutes on 2 cores; cached in {build_dir}", file=sys.stderr, flush=True)
     start = time.time()
     defines = ["-DWITH_CUDA"] if with_cuda else []
     try:
