@@ -406,17 +406,27 @@ def _mast_roi_case(T: int, h: int = 5, w: int = 40, s: int = 20):
     return feats, labels0
 
 
+def _mast_refs(feats: torch.Tensor, labels0: torch.Tensor, t: int):
+    """Frame t's references as MAST orders them, frame 0 with labels0, the others with zero labels."""
+    return [(feats[x], labels0 if x == 0 else torch.zeros_like(labels0), mast.dilation(t, x)) for x in mast.ref_index(t)]
+
+
 def test_mast_long_term_roi_finds_a_distant_match():
     """At t = 16 frame 0 is a long-term reference (16 > 15, dilation 2): the coarse search reaches
     20 cells (dx = -10 at dilation 2), so the fine window is centred on the match and each query
     copies the label of the cell 20 columns to its left, out of reach of a radius-12 window."""
     s = 20
     feats, labels0 = _mast_roi_case(17, s=s)
-    pred, _ = mast.propagate(feats, labels0)
-    assert torch.allclose(pred[15][:, :, s:], labels0[:, :, :-s], atol=1e-9)
+    refs = _mast_refs(feats, labels0, 16)
+    assert [d for _, _, d in refs] == [2, None, None, None, None]
+    pred = mast.step(feats[16], refs)
+    assert torch.allclose(pred[:, :, s:], labels0[:, :, :-s], atol=1e-9)
     # without the long-term memory (frame 0 as a plain short-term window) it is not found
     plain = mast.step(feats[16], [(feats[0], labels0, None)])
     assert (plain[:, :, s:] - labels0[:, :, :-s]).abs().max() > 0.5
+    # and the whole propagation takes that path at t = 16
+    full, _ = mast.propagate(feats, labels0)
+    assert torch.allclose(full[15][:, :, s:], labels0[:, :, :-s], atol=1e-9)
 
 
 def test_mast_code_bugs():
@@ -426,13 +436,15 @@ def test_mast_code_bugs():
     half-pixel sampling blurs the copy."""
     s = 20
     feats, labels0 = _mast_roi_case(22, s=s)
-    paper, _ = mast.propagate(feats, labels0)
-    assert torch.allclose(paper[20][:, :, s:], labels0[:, :, :-s], atol=1e-9)
-    shared, _ = mast.propagate(feats, labels0, shared_offset=True)
-    assert torch.allclose(shared[20][:, :, s:], labels0[:, :, s:], atol=1e-9)
-    blurred, _ = mast.propagate(feats, labels0, half_pixel=True)
-    assert (blurred[20][:, :, s:] - labels0[:, :, :-s]).abs().max() > 0.05
+    refs = _mast_refs(feats, labels0, 21)
+    assert [d for _, _, d in refs] == [2, 2, None, None, None]
     assert mast.coarse_offset(feats[21], feats[5], 2).abs().max() < 1e-12
+    paper = mast.step(feats[21], refs)
+    assert torch.allclose(paper[:, :, s:], labels0[:, :, :-s], atol=1e-9)
+    shared = mast.step(feats[21], refs, shared_offset=True)
+    assert torch.allclose(shared[:, :, s:], labels0[:, :, s:], atol=1e-9)
+    blurred = mast.step(feats[21], refs, half_pixel=True)
+    assert (blurred[:, :, s:] - labels0[:, :, :-s]).abs().max() > 0.05
 
 
 def test_mast_boundary_is_zero():
