@@ -73,17 +73,25 @@ def _check_prebuilt() -> None:
     why = _buildcfg.compatible(record, torch.__version__)
     if why is not None:
         raise ExtensionMismatchError(
-            f"densecorr: the installed C++ extension densecorr._C cannot load here: {why}. Reinstall densecorr "
-            "against this torch (`pip install --force-reinstall --no-deps densecorr`, or from source "
-            "`pip install .`, which compiles the kernels at first use), or set DENSECORR_DISABLE_EXTENSION=1 "
-            "to run the (100-300x slower) reference backend on purpose."
+            f"densecorr: the installed C++ extension densecorr._C cannot load here: {why}. {_ADVICE}"
         )
+
+
+_ADVICE = (
+    "Reinstall densecorr against this torch (`pip install --force-reinstall --no-deps densecorr`, or from "
+    "source `pip install .`, which compiles the kernels at first use), or set DENSECORR_DISABLE_EXTENSION=1 "
+    "to run the (100-300x slower) reference backend on purpose."
+)
 
 
 def _load_prebuilt():
     _check_prebuilt()
-    from densecorr import _C
-
+    try:
+        from densecorr import _C
+    except ImportError as exc:  # e.g. a CUDA build beside a CPU-only torch
+        raise ExtensionMismatchError(
+            f"densecorr: the installed C++ extension densecorr._C cannot be loaded ({exc}). {_ADVICE}"
+        ) from exc
     return _C, _prebuilt_record() or {"origin": "package"}
 
 
