@@ -26,7 +26,7 @@ import torch
 from densecorr.data import DataError
 
 from conformance import corrflow, crw, cycletime, dino, driver, mast, uvc
-from conformance.common import bilinear, consecutive_margin, l2n, nearest_index, one_hot_ids, pil_nearest, sample_bilinear_zeros, window, topk_margin
+from conformance.common import consecutive_margin, l2n, nearest_index, one_hot_ids, pil_nearest, sample_bilinear_zeros, window, topk_margin
 
 ATOL = 1e-5
 K = 4  # background + 3 objects

@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from .common import INF, argmax_margin, bilinear, l2n, one_hot_ids, topk_margin
+from .common import INF, argmax_margin, bilinear, l2n, topk_margin
 
 SETTINGS = dict(video_len=8, topk=5, scale=math.sqrt(512.0))
 
