@@ -1,4 +1,4 @@
-"""Window geometry of the local ops: the one copy (DESIGN section 2).
+"""Window geometry of the local ops: the one copy (docs/design.md, "The ops").
 
 Everything that says which key pixel a window position of a query pixel names lives here,
 and ops, reference, Triton and tests import it:

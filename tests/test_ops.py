@@ -1,4 +1,4 @@
-"""The op contract (DESIGN section 2) through the reference backend: against textbook
+"""The op contract (docs/design.md, "The ops") through the reference backend: against textbook
 formulas, gradients, torch.library registration, torch.compile, bad input, backends."""
 import os
 import subprocess
