@@ -33,12 +33,13 @@ K = 4  # background + 3 objects
 D, H, W = 16, 12, 16  # feature channels, grid
 
 
-def features(T: int, seed: int, h: int = H, w: int = W) -> torch.Tensor:
-    """Random features (T, D, h, w) with norms in [2, 4] (what a raw-feature reference sees;
-    the L2-normalising ones normalise them themselves), exactly representable in float32."""
+def features(T: int, seed: int, h: int = H, w: int = W, norms: tuple[float, float] = (2.0, 4.0)) -> torch.Tensor:
+    """Random features (T, D, h, w) with norms uniform in `norms` (what a raw-feature reference
+    sees; the L2-normalising ones normalise them themselves), exactly representable in float32."""
     g = torch.Generator().manual_seed(seed)
     f = torch.randn(T, D, h, w, generator=g, dtype=torch.float64)
-    return (l2n(f, 1) * (2 + 2 * torch.rand(T, 1, h, w, generator=g, dtype=torch.float64))).float().double()
+    lo, hi = norms
+    return (l2n(f, 1) * (lo + (hi - lo) * torch.rand(T, 1, h, w, generator=g, dtype=torch.float64))).float().double()
 
 
 def block_ids(shape: tuple[int, int], block: int, seed: int) -> torch.Tensor:
@@ -61,7 +62,8 @@ CASES = {
     "cycletime": dict(stride=8, T=12, seed=0, mask_seed=0),
     "corrflow": dict(stride=4, T=12, seed=4, mask_seed=0),
     "mast": dict(stride=4, T=12, seed=24, mask_seed=0),
-    "mast-long-term": dict(stride=4, T=24, seed=1),
+    # smaller norms: the coarse search's expected offset amplifies rounding in larger logits
+    "mast-long-term": dict(stride=4, T=24, seed=2, norms=(1.0, 2.0)),
 }
 # float32 logits are within ~2e-6 of the float64 ones here (features of norm <= 4, D = 16, s <= 23);
 # a reference decision (top-k boundary, fed-back argmax) closer than this to a tie is refused.
@@ -159,7 +161,7 @@ def _reference(case: str, feats: torch.Tensor, labels0: torch.Tensor):
 @pytest.mark.parametrize("case", [pytest.param(c, marks=xfail(REASONS[c], c == "dino")) for c in CASES])
 def test_propagation(case):
     cfg = CASES[case]
-    feats = features(cfg["T"], cfg["seed"])
+    feats = features(cfg["T"], cfg["seed"], norms=cfg.get("norms", (2.0, 4.0)))
     labels0 = grid_labels()
     ref, margin = _reference(case, feats, labels0)
     assert margin > MIN_MARGIN, f"test data too close to a tie ({margin:.3g})"
