@@ -10,8 +10,11 @@ pass:
 
     evaluate_davis(model, root, max_frames=20, height=240, protocol="crw")   # one call, a dict
 
-Scores follow densecorr.metrics (J = region IoU, F = boundary F, means over frames after the
-first); see docs/design.md ("Evaluation protocols").
+Scores follow densecorr.metrics (J = region IoU, F = boundary F). The frames scored are those
+of the official davis2017-evaluation (semi-supervised task, davis2017/evaluation.py): every
+annotated frame except the first (given) and the sequence's last annotated frame
+(`all_gt_masks[:, 1:-1]`); with max_frames the last frame read is scored unless it is the
+sequence's last. See docs/design.md ("Evaluation protocols") and docs/protocols.md.
 """
 from __future__ import annotations
 
@@ -26,6 +29,18 @@ from densecorr.data.io import DataError
 from densecorr.system import peak_rss_mb
 
 PCK_ALPHAS = (0.1, 0.2)
+SCORED_FRAMES = "frames scored as the official davis2017-evaluation: all annotated frames except the first and the sequence's last"
+
+
+def scored_frames(seq, n: int | None = None, official: bool = True) -> list[int]:
+    """The frame indices of `seq` (among its first `n`) whose masks are scored: annotated, not
+    frame 0 and, when `official`, not the sequence's last annotated frame (davis2017-evaluation
+    scores `all_gt_masks[:, 1:-1]`)."""
+    annotated = [i for i in range(len(seq)) if seq.has_mask(i)]
+    if official and annotated:
+        annotated = annotated[:-1]
+    n = len(seq) if n is None else n
+    return [i for i in annotated if 0 < i < n]
 
 
 # --------------------------------------------------------------------------- DAVIS J&F
@@ -51,6 +66,7 @@ def davis_sequences(
     on_start: Callable[[object, int], None] | None = None,
     on_frame: Callable[[object, int, np.ndarray, np.ndarray], None] | None = None,
     progress: bool = False,
+    official: bool = True,
 ) -> Iterator[SequenceResult]:
     """Propagate each sequence's first-frame mask and score every annotated later frame.
 
@@ -63,8 +79,10 @@ def davis_sequences(
         on_frame(seq, t, frame, mask): called for t = 0 (the ground-truth first mask) and for
             each predicted frame t >= 1, in order (frame uint8 (H, W, 3), mask ids (H, W)).
         progress: a tqdm bar per sequence.
+        official: score the frames of the official davis2017-evaluation (every annotated frame
+            but the first and the sequence's last, `scored_frames`); False: the last one too.
     Yields:
-        a SequenceResult after each sequence.
+        a SequenceResult after each sequence (its row's "frames" = the number of frames scored).
     Raises:
         DataError: an unknown sequence, an empty first mask, a mask of another size than the frames.
     """
@@ -88,6 +106,7 @@ def davis_sequences(
         except DataError as exc:
             raise DataError(f"sequence {seq.name!r}: {exc}") from None
         score = SequenceScores(seq.name, ids)
+        scored = set(scored_frames(seq, n, official))
         if on_start is not None:
             on_start(seq, n)
         if on_frame is not None:
@@ -98,7 +117,7 @@ def davis_sequences(
         for t, frame, mask in stream:
             if on_frame is not None:
                 on_frame(seq, t, frame, mask)
-            if seq.has_mask(t):
+            if t in scored:
                 gt = seq.mask(t)
                 if gt.shape != mask.shape:
                     raise DataError(
@@ -284,6 +303,6 @@ def evaluate_keypoints(model, root: str | None = None, annotations: str | None =
 
 
 __all__ = [
-    "SequenceResult", "davis_sequences", "davis_total", "evaluate_davis",
+    "SequenceResult", "SCORED_FRAMES", "scored_frames", "davis_sequences", "davis_total", "evaluate_davis",
     "KeypointResult", "keypoint_sequences", "keypoint_total", "evaluate_keypoints", "PCK_ALPHAS",
 ]

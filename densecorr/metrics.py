@@ -10,7 +10,8 @@ J and F follow the official DAVIS evaluation (davis2017-evaluation, `metrics.py`
   Empty boundaries: both empty F = 1; one empty F = 0.
 - Statistics per object over frames: mean, recall (fraction of frames > 0.5) and decay
   (mean of the first quarter of frames minus mean of the last quarter, DAVIS binning).
-  DESIGN: frames scored exclude the first (given) frame.
+  Which frames are scored is the caller's choice (densecorr.evaluation scores those of the
+  official semi-supervised evaluation: every annotated frame but the first and the last).
 PCK: fraction of visible joints predicted within alpha x max(bbox width, bbox height) of the
 ground truth, the box being that of the frame's visible ground-truth joints.
 
@@ -139,7 +140,8 @@ def statistics(values) -> dict:
 
 @dataclass
 class SequenceScores:
-    """Per-frame J and F of each object of one sequence; frames in order, first frame excluded.
+    """Per-frame J and F of each object of one sequence, for the frames `add`ed, in order
+    (densecorr.evaluation adds the officially scored ones: not the first, not the last).
 
     `j[obj]`, `f[obj]`: lists of per-frame scores for object id `obj`.
     """

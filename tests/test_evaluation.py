@@ -84,3 +84,18 @@ def test_keypoint_loop_on_the_sample():
     with pytest.raises(DataError, match="sigma"):
         list(evaluation.keypoint_sequences(Propagator(LabEmbedding(4), "corrflow"), sample_root(),
                                            os.path.join(sample_root(), "BADJA", "joint_annotations"), sigma=float("inf")))
+
+
+def test_scored_frames_are_the_official_ones(tmp_path):
+    """davis2017-evaluation scores all_gt_masks[:, 1:-1]: neither the first nor the sequence's
+    last annotated frame; a truncated sequence (max_frames) keeps its last frame read."""
+    root = _tiny_root(tmp_path)
+    prop = Propagator(LabEmbedding(4), "corrflow")
+    (r,) = evaluation.davis_sequences(prop, root, max_frames=None)
+    assert r.scores.frames == ["00001"] and r.row["frames"] == 1
+    (r,) = evaluation.davis_sequences(prop, root, max_frames=None, official=False)
+    assert r.scores.frames == ["00001", "00002"]
+    seq = Davis(sample_root())["horsejump-high"]
+    n = len(seq)
+    assert evaluation.scored_frames(seq) == list(range(1, n - 1))
+    assert evaluation.scored_frames(seq, 4) == [1, 2, 3]

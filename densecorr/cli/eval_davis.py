@@ -128,6 +128,9 @@ def run(args) -> int:
         raise
     print()
     common.print_table(rows, COLUMNS)
+    from densecorr.evaluation import SCORED_FRAMES
+
+    print(f"({SCORED_FRAMES}; J&F over objects)")
     kept = len(merged) - len(results)
     note = f" ({kept} sequences kept from the earlier run)" if kept else ""
     print(f"\nwrote {os.path.join(out.given, 'results.csv')}, results.json and per-sequence masks/ and overlays/ in {out.given}{note}")
