@@ -33,6 +33,23 @@ term without matching content (the predicted location in a frame of another clip
 (and its own borders), and the inlier term -- affinity mass where the regressor's theta
 points -- can then only be earned by finding that content, not by a constant theta.
 
+What the CPU preset changes, and why (measured on synthetic shifted textures, where the true
+match is known; top-1 cell-match accuracy of `embed`, 100 steps of 4 clips):
+  - the learned regressor (TimeCycle's) and the inlier term co-adapt: the inlier reached 0.96
+    while the match accuracy stayed at init (0.04 -> 0.07) -- a theta that does not follow
+    the content, and features that put the affinity where it points. `transform=
+    "procrustes"` reads the transform from the affinity itself (the least-squares rotation +
+    translation from the patch grid to the expected positions, no parameters), so theta is
+    always where the affinity's mass is;
+  - with it, the inlier term still made training unstable (0.36 then 0.07), while the pure
+    cycle loss (skip + long; `inlier_weight` 0) learned steadily (0.04 -> 0.33 in 200 steps;
+    the issue's DAVIS runs: the pure cycle at 128 px, J&F 0.16 -> 0.30 in 500 steps);
+  - two residual stages instead of four (`stages`): with the whole 64 px frame in every
+    cell's receptive field, the separately encoded patch did not resemble the frame's
+    features at its place (0.04 -> 0.02);
+  - temperature 0.05 (the paper's 1 / sqrt(out_dim) is 1 / 8 at out_dim 64: a flat affinity).
+The "paper" preset keeps TimeCycle's regressor, inlier weight 1 and temperature.
+
 The regressor's input channels are the frame's cells, so training frames have a fixed size
 (`frame_size`); `embed` takes any size. Differences from the paper, on purpose: the
 regressor's convolutions are 3 x 3 with a 4 x 4 adaptive pooling (so any patch grid works);
@@ -61,7 +78,12 @@ class CycleTimeConfig(ModelConfig):
     training frames; patch_scale: patch side / frame side (the fixed scale); patch_cells:
     side of the patch grid (the patch image is encoded at 8 * patch_cells pixels);
     max_rotation: the initial patch's rotation range (+- degrees); motion_windows: the
-    patch is placed at one of this many highest-motion windows (0: anywhere); temperature of the affinity softmax (None: out_dim ** -0.5, the
+    patch is placed at one of this many highest-motion windows (0: anywhere); encode_crops:
+    each tracking step's new patch is an image crop encoded on its own instead of a crop of
+    the frame's feature map (see the module docstring); transform: how a step's transform is
+    read from the affinity -- "regressor" (TimeCycle's learned conv + linear regressor) or
+    "procrustes" (the least-squares rotation + translation, at the fixed scale, from the patch
+    grid to the affinity's expected positions; no parameters); temperature of the affinity softmax (None: out_dim ** -0.5, the
     paper's); regressor_channels; loss weights."""
 
     arch: str = "resnet50_res4"
@@ -75,6 +97,8 @@ class CycleTimeConfig(ModelConfig):
     patch_cells: int = 8
     max_rotation: float = 45.0
     motion_windows: int = 10
+    encode_crops: bool = False
+    transform: str = "regressor"
     temperature: float | None = None
     regressor_channels: int = 128
     inlier_weight: float = 1.0
@@ -93,6 +117,8 @@ class CycleTimeConfig(ModelConfig):
             raise ValueError(f"CycleTimeConfig.max_rotation must be in [0, 90] degrees, got {self.max_rotation}")
         if not 0 <= self.motion_windows <= 36:
             raise ValueError(f"CycleTimeConfig.motion_windows must be in [0, 36] (of a 6 x 6 grid), got {self.motion_windows}")
+        if self.transform not in ("regressor", "procrustes"):
+            raise ValueError(f"CycleTimeConfig.transform must be 'regressor' or 'procrustes', got {self.transform!r}")
         if self.temperature is not None and self.temperature <= 0:
             raise ValueError(f"CycleTimeConfig.temperature must be > 0, got {self.temperature}")
 
@@ -130,11 +156,13 @@ PRESETS = {
     # batch 32, ResNet-50 res4.
     "paper": dict(model_config={"frame_size": 240, "patch_cells": 10}, resize=240, crop=(240, 240), gaps=(2,),
                   batch_size=32, lr=2e-4, steps=100_000),
-    # A narrow ResNet-18 on 128 x 128 crops (16 x 16 cells: at 64 px the 8 x 8 map leaves the
-    # regressor almost nothing to localise), 48 px patches of 6 x 6 cells; 1500 cosine steps.
-    "cpu": dict(model_config={"arch": "resnet18", "width": 16, "out_dim": 64, "frame_size": 128, "patch_cells": 6,
-                              "regressor_channels": 32},
-                gaps=(2,), lr=1e-3, steps=1500, schedule="cosine", resize=None, crop=(128, 128), batch_size=4,
+    # CPU scale (see the module docstring): a narrow two-stage ResNet-18 on 64 x 64 crops, 32 px
+    # patches of 4 x 4 cells, the transform read by Procrustes from the affinity at T = 0.05, and
+    # the pure cycle loss (inlier off); 2000 cosine steps.
+    "cpu": dict(model_config={"arch": "resnet18", "width": 16, "out_dim": 64, "stages": 2, "frame_size": 64,
+                              "patch_scale": 0.5, "patch_cells": 4, "transform": "procrustes", "temperature": 0.05,
+                              "inlier_weight": 0.0},
+                gaps=(2,), lr=1e-3, steps=2000, schedule="cosine", resize=None, crop=(64, 64), batch_size=4,
                 ckpt_every=100, eval_max_frames=12),
 }
 
@@ -189,6 +217,26 @@ class CycleTime(CorrespondenceModel):
         cos, sin = torch.cos(a) * s, torch.sin(a) * s
         return torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
 
+    def procrustes(self, coords: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """The rotation + translation (fixed scale) that best maps the patch grid onto `coords`.
+
+        coords (B, n*n, 2): the expected (x, y), in cells of an h x w frame map, of each patch
+        cell (row-major) -> theta (B, 2, 3). Least squares: with centred patch points u_i
+        (normalised patch units times the scale) and centred targets x_i (normalised frame
+        units), the angle is atan2(sum u_i x x_i, sum u_i . x_i); the translation maps the
+        patch centre (0, 0) to the targets' mean."""
+        n = self.config.patch_cells
+        lin = (torch.arange(n, device=coords.device, dtype=coords.dtype) * 2 + 1) / n - 1
+        uy, ux = torch.meshgrid(lin, lin, indexing="ij")
+        u = torch.stack([ux.flatten(), uy.flatten()], 1) * self.config.patch_scale  # (n*n, 2), centred
+        x = torch.stack([(2 * coords[..., 0] + 1) / w - 1, (2 * coords[..., 1] + 1) / h - 1], -1)  # (B, n*n, 2)
+        t = x.mean(1)
+        xc = x - t.unsqueeze(1)
+        dot = (u.unsqueeze(0) * xc).sum((1, 2))
+        cross = (u[:, 0] * xc[..., 1] - u[:, 1] * xc[..., 0]).sum(1)
+        angle = torch.atan2(cross, dot + 1e-12)
+        return self.theta(torch.stack([t[:, 0], t[:, 1], angle], 1))
+
     def crop(self, feats: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         """feats (B, D, h, w), theta (B, 2, 3) -> patch (B, D, patch_cells, patch_cells)."""
         n = self.config.patch_cells
@@ -202,14 +250,26 @@ class CycleTime(CorrespondenceModel):
         b = pts @ target[:, :, :2].transpose(1, 2) + target[:, :, 2].unsqueeze(1)
         return ((a - b) ** 2).sum(-1).mean()
 
-    def track(self, patch: torch.Tensor, norm: torch.Tensor, raw: torch.Tensor):
+    def track(self, patch: torch.Tensor, norm: torch.Tensor, raw: torch.Tensor, frame: torch.Tensor | None = None):
         """One step: patch (B, D, n, n) normalised, frame features norm/raw (B, D, h, w)
-        -> (theta (B, 2, 3), new normalised patch (B, D, n, n), affinity (B, n*n, h*w))."""
+        -> (theta (B, 2, 3), new normalised patch (B, D, n, n), affinity (B, n*n, h*w)).
+
+        The new patch is cropped from the frame's features (TimeCycle), or, with
+        config.encode_crops and the frame's image `frame` (B, 3, H, W) given, an image crop
+        encoded on its own (no position code carried from step to step). Without `frame`
+        under encode_crops the new patch is None (callers that only need theta)."""
         b, _, h, w = norm.shape
         n = self.config.patch_cells
         attn = self.ops.global_affinity(tokens(patch), tokens(norm), scale=self.scale)  # (B, n*n, h*w)
-        theta = self.theta(self.regressor(attn.transpose(1, 2).reshape(b, h * w, n, n)))
-        return theta, F.normalize(self.crop(raw, theta), dim=1), attn
+        if self.config.transform == "procrustes":
+            theta = self.procrustes(self.ops.project_coords(patch, norm, scale=self.scale), h, w)
+        else:
+            theta = self.theta(self.regressor(attn.transpose(1, 2).reshape(b, h * w, n, n)))
+        if self.config.encode_crops:
+            new = None if frame is None else self.encode_patch(frame, theta)
+        else:
+            new = F.normalize(self.crop(raw, theta), dim=1)
+        return theta, new, attn
 
     def inlier(self, attn: torch.Tensor, theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Mean affinity mass within one cell of where `theta` maps each patch cell.
@@ -283,7 +343,7 @@ class CycleTime(CorrespondenceModel):
         back = [patch0]
         inliers = []
         for k in range(1, t):
-            theta, patch, attn = self.track(back[-1], norm[:, last - k], raw[:, last - k])
+            theta, patch, attn = self.track(back[-1], norm[:, last - k], raw[:, last - k], clip[:, last - k])
             back.append(patch)
             if k == 1:
                 inliers.append(self.inlier(attn, theta, fh, fw))
@@ -297,7 +357,7 @@ class CycleTime(CorrespondenceModel):
         for k in range(1, t):
             patch = back[k]
             for frame in range(last - k + 1, last):
-                _, patch, _ = self.track(patch, norm[:, frame], raw[:, frame])
+                _, patch, _ = self.track(patch, norm[:, frame], raw[:, frame], clip[:, frame])
             theta, _, _ = self.track(patch, norm[:, last], raw[:, last])
             long_terms.append(self.grid_distance(theta, theta0))
 

@@ -185,22 +185,22 @@ def test_cycletime_initial_patch_carries_no_position_code():
     map, as before, it carried the code of its place, which "stay in place" exploited.)"""
     torch.manual_seed(0)
     model = cpu_model("cycletime").eval()
-    frame = torch.full((1, 3, 128, 128), 0.5)
+    frame = torch.full((1, 3, 64, 64), 0.5)
     thetas = [model.theta(torch.tensor([[tx, ty, a]])) for tx, ty, a in ((-0.6, -0.6, 0.0), (0.5, 0.1, 0.7))]
     p0, p1 = (model.encode_patch(frame, t) for t in thetas)
     torch.testing.assert_close(p0, p1)
     # The frame's own features do code position (the border), so a cut would have differed.
     feats = F.normalize(model.features(frame), dim=1)
-    assert (feats[..., 0, 0] - feats[..., 8, 8]).abs().max() > 1e-3
+    assert (feats[..., 0, 0] - feats[..., 4, 4]).abs().max() > 1e-3
 
 
 def test_cycletime_patch_ignores_pixels_outside_its_crop():
     torch.manual_seed(0)
     model = cpu_model("cycletime").eval()
-    frame = clip_from_frames(1, size=128, batch=1)[:, 0]
+    frame = clip_from_frames(1, size=64, batch=1)[:, 0]
     theta = model.theta(torch.tensor([[0.2, -0.3, 0.5]]))
     side = 8 * model.config.patch_cells
-    used = sampled_pixels(theta, 128, 128, side, side)
+    used = sampled_pixels(theta, 64, 64, side, side)
     other = torch.where(used.unsqueeze(1), frame, torch.rand_like(frame))
     torch.testing.assert_close(model.encode_patch(frame, theta), model.encode_patch(other, theta))
 
@@ -208,7 +208,7 @@ def test_cycletime_patch_ignores_pixels_outside_its_crop():
 def test_cycletime_initial_patch_rotation_and_motion_windows():
     """theta0: rotated up to 45 degrees; placed where the last two frames differ (TimeCycle)."""
     torch.manual_seed(0)
-    model = cpu_model("cycletime", motion_windows=3)
+    model = cpu_model("cycletime", motion_windows=3, patch_scale=1 / 3)
     clip = torch.full((64, model.clip_length, 3, 128, 128), 0.5)
     clip[:, -1, :, 80:120, 8:48] = torch.rand(64, 3, 40, 40)  # motion only in the lower left
     theta = model.initial_theta(clip)
@@ -220,6 +220,25 @@ def test_cycletime_initial_patch_rotation_and_motion_windows():
     assert (cx < -0.1).all() and (cy > 0.1).all(), (cx, cy)
     anywhere = cpu_model("cycletime", motion_windows=0).initial_theta(clip)
     assert (anywhere[:, 0, 2] > 0.1).any()
+
+
+def test_cycletime_procrustes_reads_the_transform_from_the_affinity():
+    """The CPU preset's transform is where the affinity's mass is (no free regressor that a
+    constant theta can come from): expected positions made by a known transform give it back."""
+    model = cpu_model("cycletime")
+    assert model.config.transform == "procrustes" and model.config.inlier_weight == 0.0
+    n, h = model.config.patch_cells, model.config.frame_size // 8
+    theta = model.theta(torch.tensor([[0.2, -0.35, 0.6], [-0.4, 0.1, -0.3]]))
+    lin = (torch.arange(n) * 2 + 1.0) / n - 1
+    uy, ux = torch.meshgrid(lin, lin, indexing="ij")
+    pts = torch.stack([ux.flatten(), uy.flatten(), torch.ones(n * n)], 1)  # patch points, normalised
+    xy = torch.einsum("bij,kj->bki", theta, pts)  # normalised frame coordinates
+    cells = ((xy + 1) * h - 1) / 2  # -> cell units (x, y)
+    torch.testing.assert_close(model.procrustes(cells, h, h), theta, atol=1e-5, rtol=0)
+    # A constant affinity (all mass spread evenly) gives the frame's centre, unrotated.
+    flat = torch.full((1, n * n, 2), (h - 1) / 2)
+    centre = model.procrustes(flat, h, h)
+    assert centre[0, :, 2].abs().max() < 1e-6
 
 
 # ------------------------------------------------------------------------------ Vid.Color
