@@ -14,6 +14,9 @@ class LabEmbedding(torch.nn.Module):
     """Each feature cell is the mean CIE Lab colour of its stride x stride pixels (channels
     scaled to about [-1, 1]). No parameters, no training.
 
+    `similarity = "euclidean"`: colours are compared by their distance (lightness included), not
+    by the cosine of their Lab vectors; the propagator honours it (densecorr.propagation).
+
     embed(frames (B, 3, H, W) in [0, 1]) -> (B, 3, H // stride, W // stride).
     """
 
@@ -24,6 +27,8 @@ class LabEmbedding(torch.nn.Module):
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
         self.stride = int(stride)
+
+    similarity = "euclidean"
 
     def embed(self, frames: torch.Tensor) -> torch.Tensor:
         lab = normalise_lab(rgb_to_lab(frames))

@@ -263,3 +263,37 @@ def test_run_yields_each_frame_with_its_labels():
     assert [t for t, _, _ in out] == [1, 2, 3]
     for t, frame, labels in out:
         assert frame is frames[t] and labels.shape == (2, 12, 20)
+
+
+def test_lab_affinity_ranks_by_euclidean_distance():
+    """The Lab baseline compares colours by distance: query . key = -|x_q - x_k|^2 + c(query),
+    not the cosine of L2-normalised Lab vectors (which throws lightness away)."""
+    model = LabEmbedding(4)
+    assert model.similarity == "euclidean"
+    prop = Propagator(model, "uvc")
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 5, 6, generator=g, dtype=torch.float64) * 2 - 1  # Lab-like features
+    keys = prop.keys(x).flatten(1)  # (4, N)
+    queries = prop.query(prop.keys(x)).flatten(1)
+    logits = queries.T @ keys  # (N, N)
+    d2 = torch.cdist(x.flatten(1).T, x.flatten(1).T) ** 2
+    # equal to -d^2 up to a per-query constant, hence the same ranking and the same softmax
+    torch.testing.assert_close(logits - logits[:, :1], -(d2 - d2[:, :1]))
+    torch.testing.assert_close(torch.softmax(logits, 1), torch.softmax(-d2, 1))
+    assert torch.equal(logits.argsort(dim=1, descending=True), d2.argsort(dim=1))
+
+
+def test_lab_baseline_tells_greys_apart():
+    """Two light greys differ only in lightness: cosine similarity of Lab vectors cannot tell
+    them apart, distance can. The object (the lighter half) swaps sides in frame 1."""
+    H, W = 16, 32
+    light, lighter = 160, 230
+    f0 = np.full((H, W, 3), light, np.uint8)
+    f0[:, W // 2 :] = lighter
+    f1 = f0[:, ::-1].copy()
+    mask = np.zeros((H, W), np.uint8)
+    mask[:, W // 2 :] = 1
+    for name in ("uvc", "crw", "corrflow"):
+        prop = Propagator(LabEmbedding(4), get_protocol(name, radius=8) if name != "uvc" else name)
+        (_, _, pred), = propagate_mask(prop, [f0, f1], mask)
+        assert (pred == mask[:, ::-1]).mean() > 0.9, name

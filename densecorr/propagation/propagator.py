@@ -4,6 +4,13 @@ A *model* is anything with `embed(frames (B, 3, H, W) float in [0, 1]) -> (B, D,
 W/stride)` and an int attribute `stride` (densecorr.models, including `LabEmbedding`, the
 Lab-pixel baseline that needs no training, named "lab" wherever a model is chosen).
 
+Similarity: features are L2-normalised (cosine similarity) unless the model declares
+`similarity = "euclidean"` (LabEmbedding does: colours are compared by distance, lightness
+included) or the protocol asks for raw features (`Protocol.features == "raw"`, plain dot
+products). A Euclidean model's features x are stored as keys [x, |x|^2] and each query is
+[2x, -1], so that query . key = -|x_q - x_k|^2 + |x_q|^2: the negative squared distance up to a
+per-query constant, which every softmax (and every top-k) over the references ignores.
+
 Given the first frame's labels (one-hot masks or keypoint heat maps), each later frame's
 labels are predicted from a bounded memory of reference frames (densecorr.propagation.protocols;
 docs/design.md, "Evaluation protocols"). Frames are read one at a time and only the reference
@@ -58,12 +65,17 @@ class Propagator:
         self.device = torch.device(device)
         self.height = height
         self.stride = int(getattr(model, "stride"))
+        similarity = getattr(model, "similarity", "cosine")
+        if similarity not in ("cosine", "euclidean"):
+            raise ValueError(f"model.similarity must be 'cosine' or 'euclidean', got {similarity!r}")
+        self.similarity = similarity
         self.timer = 0.0
         self._warm = False
 
     @torch.inference_mode()
     def embed(self, frame: np.ndarray) -> torch.Tensor:
-        """uint8 (H, W, 3) -> L2-normalised features (D, h, w) on the device."""
+        """uint8 (H, W, 3) -> the frame's key features (D', h, w) on the device: L2-normalised
+        (cosine), raw (protocol features "raw") or [x, |x|^2] (Euclidean model); see `query`."""
         x = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device).permute(2, 0, 1)[None].float().div_(255)
         size = working_size(x.shape[-2:], self.stride, self.height)
         if tuple(x.shape[-2:]) != size:
@@ -71,7 +83,22 @@ class Propagator:
         feats = self.model.embed(x)
         if feats.dim() != 4 or feats.shape[0] != 1:
             raise RuntimeError(f"model.embed returned shape {tuple(feats.shape)}, expected (1, D, h, w)")
-        return F.normalize(feats[0].float(), dim=0)
+        return self.keys(feats[0].float())
+
+    def keys(self, feats: torch.Tensor) -> torch.Tensor:
+        """Model features (D, h, w) -> the key form stored for reference frames."""
+        if self.similarity == "euclidean":
+            return torch.cat([feats, feats.square().sum(0, keepdim=True)])
+        if self.protocol.features == "raw":
+            return feats
+        return F.normalize(feats, dim=0)
+
+    def query(self, keys: torch.Tensor) -> torch.Tensor:
+        """Key form (D', h, w) -> query form: itself, or [2x, -1] for a Euclidean model, so that
+        query . key = -|x_q - x_k|^2 + (a per-query constant)."""
+        if self.similarity == "euclidean":
+            return torch.cat([2 * keys[:-1], -torch.ones_like(keys[-1:])])
+        return keys
 
     @torch.inference_mode()
     def run(self, frames: Iterable[np.ndarray], first_labels: Callable[[tuple[int, int], tuple[int, int]], torch.Tensor], keypoints: bool = False) -> Iterator[tuple[int, np.ndarray, torch.Tensor]]:
@@ -105,11 +132,11 @@ class Propagator:
                 if not self._warm:
                     # The first call of an op pays one-time set-up (torch imports its compiler
                     # stack: seconds); keep it out of the per-frame timing.
-                    self.step(q, [q, q], [lab, lab], global_first=True)
+                    self.step(self.query(q), [q, q], [lab, lab], global_first=True)
                     self._warm = True
                 continue
             refs = proto.references(t)
-            pred = self.step(q, [feats[i] for i in refs], [labels[i] for i in refs], global_first=(refs[0] == 0))
+            pred = self.step(self.query(q), [feats[i] for i in refs], [labels[i] for i in refs], global_first=(refs[0] == 0))
             if proto.feedback == "hard" and not keypoints:
                 fed = F.one_hot(pred.argmax(0), pred.shape[0]).permute(2, 0, 1).float()
             else:
@@ -122,7 +149,8 @@ class Propagator:
             yield t, frame, out
 
     def step(self, q: torch.Tensor, ref_feats: list, ref_labels: list, global_first: bool) -> torch.Tensor:
-        """One frame: query features (D, h, w), references' features / labels -> labels (K, h, w)."""
+        """One frame: query features (D', h, w) (query form), references' features (key form) /
+        labels -> labels (K, h, w)."""
         proto = self.protocol
         if proto.kind == "global":
             D, h, w = q.shape

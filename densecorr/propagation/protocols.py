@@ -30,6 +30,9 @@ class Protocol:
         temperature: softmax temperature; the logit scale is 1 / temperature.
         feedback: "soft" (predicted distributions become references) or "hard" (their argmax, one-hot).
         stride: feature stride used by the Lab baseline under this protocol (models have their own).
+        features: "l2" (L2-normalised: cosine similarity) or "raw" (plain dot products). A model
+            that declares `similarity = "euclidean"` (the Lab baseline) is compared by distance
+            under every protocol (densecorr.propagation.propagator).
     """
 
     name: str
@@ -42,6 +45,7 @@ class Protocol:
     temperature: float = 0.05
     feedback: str = "soft"
     stride: int = 8
+    features: str = "l2"
 
     @property
     def scale(self) -> float:
