@@ -14,21 +14,37 @@
 #include <type_traits>
 #include <vector>
 
-// The SIMD helpers pass 32-byte vectors by value between inlined functions; GCC warns that
+// The SIMD helpers pass 32/64-byte vectors by value between inlined functions; GCC warns that
 // the non-AVX variant's ABI differs, which cannot matter for functions that never cross a
 // translation unit.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace densecorr_cpu {
 
-// Whether to run the AVX2+FMA variant: the CPU must have both; DENSECORR_CPU_SIMD=base
-// forces the baseline variant (tests use it to check the fallback).
-inline bool use_avx2() {
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+// Which SIMD variant of the kernels runs: 2 AVX-512 (F, BW, VL, DQ), 1 AVX2+FMA, 0 the
+// baseline x86-64 one; the best the CPU has, or the one DENSECORR_CPU_SIMD forces
+// ("avx512", "avx2", "base"; a variant the CPU lacks falls back to the best it has, never
+// above). Read per call (tests switch it).
+inline int cpu_simd_supported() {
+  static const int level = (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                            __builtin_cpu_supports("fma"))
+                               ? 2
+                           : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 1
+                                                                                                 : 0;
+  return level;
+}
+inline int simd_level() {
+  const int supported = cpu_simd_supported();
   const char* env = std::getenv("DENSECORR_CPU_SIMD");
-  if (env != nullptr && std::string(env) == "base") return false;
+  if (env == nullptr) return supported;
+  const std::string e(env);
+  if (e == "base") return 0;
+  if (e == "avx2") return std::min(supported, 1);
   return supported;
 }
+inline bool use_avx2() { return simd_level() >= 1; }
+inline bool use_avx512() { return simd_level() >= 2; }
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 inline int64_t ceil_div(int64_t x, int64_t m) { return (x + m - 1) / m; }

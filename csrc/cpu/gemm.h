@@ -3,13 +3,16 @@
 // C[0:M, 0:N] (+)= A[0:M, 0:K] * B[0:K, 0:N], all row-major with leading dimensions lda,
 // ldb, ldc (TA: A is given transposed, element (i, p) at A[p*lda + i]); N must be a multiple of the vector width W (callers pad B and C). The micro-
 // kernel keeps an MR x (NR*W) tile of C in registers (6 x 16 floats on AVX2: 12 of the 16
-// vector registers) and streams one row of B and one broadcast element of A per step.
+// vector registers; 14 x 32 floats with AVX-512: 28 of 32) and streams one row of B and one broadcast element of A per step.
 namespace densecorr_cpu {
 namespace DC_ISA {
 
+// rmax != null: also the running row maxima, as vectors: rmax[i*W + l] = max(itself,
+// C[i, j]) over the tile's columns j = l mod W (the forward's softmax maximum is hmax of
+// row i's vector; no other pass over C).
 template <typename T, int MR, int NR, bool TA>
 inline void gemm_micro(int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
-                       bool accumulate) {
+                       bool accumulate, T* rmax = nullptr) {
   constexpr int W = Vec<T>::W;
   V<T> acc[MR][NR];
   for (int i = 0; i < MR; ++i)
@@ -24,21 +27,37 @@ inline void gemm_micro(int64_t K, const T* A, int64_t lda, const T* B, int64_t l
   }
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) vstore(C + i * ldc + j * W, acc[i][j]);
+  if (rmax != nullptr)
+    for (int i = 0; i < MR; ++i) {
+      V<T> mx = vmax(vload(rmax + i * W), acc[i][0]);
+      for (int j = 1; j < NR; ++j) mx = vmax(mx, acc[i][j]);
+      vstore(rmax + i * W, mx);
+    }
+}
+
+// Rows per micro-tile: MR x NR accumulators + NR row vectors of B + 1 broadcast fit the
+// register file (16 vector registers up to AVX2: 6 x 2; 32 with AVX-512: 14 x 2).
+constexpr int kMR = kVBytes == 64 ? 14 : 6;
+
+template <typename T, int NR, bool TA, int R = kMR - 1>
+inline void gemm_tail(int64_t m, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
+                      bool acc, T* rmax) {
+  if constexpr (R >= 1) {
+    if (m == R) gemm_micro<T, R, NR, TA>(K, A, lda, B, ldb, C, ldc, acc, rmax);
+    else gemm_tail<T, NR, TA, R - 1>(m, K, A, lda, B, ldb, C, ldc, acc, rmax);
+  }
 }
 
 template <typename T, int NR, bool TA>
 inline void gemm_rows(int64_t M, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
-                      bool acc) {
+                      bool acc, T* rmax = nullptr) {
   int64_t i = 0;
-  for (; i + 6 <= M; i += 6) gemm_micro<T, 6, NR, TA>(K, A + (TA ? i : i * lda), lda, B, ldb, C + i * ldc, ldc, acc);
-  switch (M - i) {
-    case 5: gemm_micro<T, 5, NR, TA>(K, A + (TA ? i : i * lda), lda, B, ldb, C + i * ldc, ldc, acc); break;
-    case 4: gemm_micro<T, 4, NR, TA>(K, A + (TA ? i : i * lda), lda, B, ldb, C + i * ldc, ldc, acc); break;
-    case 3: gemm_micro<T, 3, NR, TA>(K, A + (TA ? i : i * lda), lda, B, ldb, C + i * ldc, ldc, acc); break;
-    case 2: gemm_micro<T, 2, NR, TA>(K, A + (TA ? i : i * lda), lda, B, ldb, C + i * ldc, ldc, acc); break;
-    case 1: gemm_micro<T, 1, NR, TA>(K, A + (TA ? i : i * lda), lda, B, ldb, C + i * ldc, ldc, acc); break;
-    default: break;
-  }
+  for (; i + kMR <= M; i += kMR)
+    gemm_micro<T, kMR, NR, TA>(K, A + (TA ? i : i * lda), lda, B, ldb, C + i * ldc, ldc, acc,
+                               rmax != nullptr ? rmax + i : nullptr);
+  if (i < M)
+    gemm_tail<T, NR, TA>(M - i, K, A + (TA ? i : i * lda), lda, B, ldb, C + i * ldc, ldc, acc,
+                         rmax != nullptr ? rmax + i * Vec<T>::W : nullptr);
 }
 
 template <typename T, bool TA = false>
@@ -53,12 +72,84 @@ inline void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const
 
 // The same product with B packed in panels of 2W columns: panel p (columns 2W*p ..) is a
 // contiguous K x 2W block at Bp + p*K*2W, streamed sequentially by the micro-kernel.
-// N must be a multiple of 2W.
+// N must be a multiple of 2W. rmax: as gemm_micro's (M vectors, over all N columns).
 template <typename T>
 inline void gemm_packed(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc,
-                        bool accumulate) {
+                        bool accumulate, T* rmax = nullptr) {
   constexpr int PW = 2 * Vec<T>::W;
-  for (int64_t j = 0; j < N; j += PW) gemm_rows<T, 2, false>(M, K, A, lda, Bp + j * K, PW, C + j, ldc, accumulate);
+  for (int64_t j = 0; j < N; j += PW)
+    gemm_rows<T, 2, false>(M, K, A, lda, Bp + j * K, PW, C + j, ldc, accumulate, rmax);
+}
+
+// A packed in row tiles for gemm_packed_ab: tile t (rows kMR*t ..) is a K x kMR block at
+// Ap + t*kMR*K, Ap[t*kMR*K + p*kMR + i] = s * A[(kMR*t + i)*lda + p], rows >= M zero. The
+// micro-kernel's broadcasts then read fixed offsets from one pointer (with rows lda apart,
+// 14 row addresses do not fit the general registers and spill).
+template <typename T>
+inline void pack_a_tiles(int64_t M, int64_t K, const T* A, int64_t lda, T s, T* Ap) {
+  const int64_t tiles = ceil_div(M, kMR);
+  for (int64_t t = 0; t < tiles; ++t)
+    for (int64_t i = 0; i < kMR; ++i) {
+      const int64_t row = t * kMR + i;
+      T* dst = Ap + t * kMR * K + i;
+      if (row < M)
+        for (int64_t p = 0; p < K; ++p) dst[p * kMR] = s * A[row * lda + p];
+      else
+        for (int64_t p = 0; p < K; ++p) dst[p * kMR] = T(0);
+    }
+}
+// C[0:M', 0:N] = Ap * Bp with both operands packed (pack_a_tiles, gemm_packed's panels),
+// M' = round_up(M, kMR): C needs that many rows (the padded ones hold zeros). rmax: as
+// gemm_micro's (M' vectors).
+template <typename T>
+inline void gemm_packed_ab(int64_t M, int64_t N, int64_t K, const T* Ap, const T* Bp, T* C, int64_t ldc,
+                           T* rmax = nullptr) {
+  constexpr int W = Vec<T>::W, PW = 2 * W;
+  const int64_t tiles = ceil_div(M, kMR);
+  for (int64_t j = 0; j < N; j += PW)
+    for (int64_t t = 0; t < tiles; ++t)
+      gemm_micro<T, kMR, 2, true>(K, Ap + t * kMR * K, kMR, Bp + j * K, PW, C + t * kMR * ldc + j, ldc, false,
+                                  rmax != nullptr ? rmax + t * kMR * W : nullptr);
+}
+
+// C[i, c] += sum_p A[i, p] * Bt[c, p] for i < M, c < NC, p < K (K a multiple of W): the
+// product with a narrow right factor given transposed (the forward's P V for few value
+// channels), as RM x CC dot products over p; no padding of the NC columns to W.
+template <typename T, int RM, int CC>
+inline void gemm_nt_micro(int64_t K, const T* A, int64_t lda, const T* Bt, int64_t ldb, T* C, int64_t ldc) {
+  constexpr int W = Vec<T>::W;
+  V<T> acc[RM][CC];
+  for (int i = 0; i < RM; ++i)
+    for (int c = 0; c < CC; ++c) acc[i][c] = V<T>{};
+  for (int64_t p = 0; p < K; p += W) {
+    V<T> b[CC];
+    for (int c = 0; c < CC; ++c) b[c] = vload(Bt + c * ldb + p);
+    for (int i = 0; i < RM; ++i) {
+      const V<T> a = vload(A + i * lda + p);
+      for (int c = 0; c < CC; ++c) acc[i][c] += a * b[c];
+    }
+  }
+  for (int i = 0; i < RM; ++i)
+    for (int c = 0; c < CC; ++c) C[i * ldc + c] += hsum(acc[i][c]);
+}
+template <typename T, int RM, int CC = 4>
+inline void gemm_nt_cols(int64_t NC, int64_t K, const T* A, int64_t lda, const T* Bt, int64_t ldb, T* C,
+                         int64_t ldc) {
+  int64_t c = 0;
+  for (; c + 4 <= NC; c += 4) gemm_nt_micro<T, RM, 4>(K, A, lda, Bt + c * ldb, ldb, C + c, ldc);
+  switch (NC - c) {
+    case 3: gemm_nt_micro<T, RM, 3>(K, A, lda, Bt + c * ldb, ldb, C + c, ldc); break;
+    case 2: gemm_nt_micro<T, RM, 2>(K, A, lda, Bt + c * ldb, ldb, C + c, ldc); break;
+    case 1: gemm_nt_micro<T, RM, 1>(K, A, lda, Bt + c * ldb, ldb, C + c, ldc); break;
+    default: break;
+  }
+}
+template <typename T>
+inline void gemm_nt(int64_t M, int64_t NC, int64_t K, const T* A, int64_t lda, const T* Bt, int64_t ldb, T* C,
+                    int64_t ldc) {
+  int64_t i = 0;
+  for (; i + 4 <= M; i += 4) gemm_nt_cols<T, 4>(NC, K, A + i * lda, lda, Bt, ldb, C + i * ldc, ldc);
+  for (; i < M; ++i) gemm_nt_cols<T, 1>(NC, K, A + i * lda, lda, Bt, ldb, C + i * ldc, ldc);
 }
 
 }  // namespace DC_ISA

@@ -1,7 +1,7 @@
 // CPU kernels of global_attention_fwd/bwd and project_coords_fwd/bwd (layouts: densecorr.cpp).
 //
-// The kernels (global_kernels.h) are compiled twice, for AVX2+FMA and for the baseline
-// x86-64 instruction set; use_avx2() picks one per call.
+// The kernels (global_kernels.h) are compiled three times, for AVX-512, AVX2+FMA and the
+// baseline x86-64 instruction set; simd_level() picks one per call.
 #include "common.h"
 
 #define DC_ISA base
@@ -19,6 +19,16 @@
 #undef DC_ISA
 #pragma GCC pop_options
 
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
+#define DC_ISA avx512
+#define DC_VBYTES 64
+#include "simd.h"
+#include "gemm.h"
+#include "global_kernels.h"
+#undef DC_ISA
+#pragma GCC pop_options
+
 namespace densecorr_cpu {
 namespace {
 
@@ -28,9 +38,14 @@ using densecorr::shape;
 using densecorr::Tensor;
 namespace st = torch::stable;
 
-#define DC_DISPATCH_ISA(fn, ...) (use_avx2() ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
+#define DC_DISPATCH_ISA(fn, ...) \
+  (simd_level() == 2 ? avx512::fn(__VA_ARGS__) : simd_level() == 1 ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
 
-constexpr int64_t vec_width(densecorr::ScalarType t) { return t == densecorr::ScalarType::Float ? 8 : 4; }
+// Elements per vector of the variant that runs now (the padding of the packed operands).
+inline int64_t vec_width(densecorr::ScalarType t) {
+  const int64_t bytes = simd_level() == 2 ? 64 : 32;
+  return bytes / (t == densecorr::ScalarType::Float ? 4 : 8);
+}
 
 // x (B, R, Cx) -> zero-padded (B, round_up(R, rw), round_up(Cx, cw)).
 Tensor pad_rows_cols(const Tensor& x, int64_t rw, int64_t cw) {

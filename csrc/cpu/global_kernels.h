@@ -14,40 +14,63 @@
 namespace densecorr_cpu {
 namespace DC_ISA {
 
-constexpr int64_t kBQ = 96;   // query rows per block (16 micro-tiles of 6)
+constexpr int64_t kBQ = kVBytes == 64 ? 112 : 96;  // query rows per block: 8 micro-tiles of 14 / 16 of 6
 constexpr int64_t kBK = 128;  // keys per block: the BQ x BK logit tile stays in L2
 
 // Online-softmax forward over all keys. vstride: batch stride of vp (0: shared by batches).
+// Per query block: the queries pre-scaled by `scale` (so the logits come out scaled), the
+// logit tile and its row maxima from one pass of the packed product, exp and row sums in a
+// second, then O += P V: for few value channels (2C <= W) as dot products against V^T
+// (no padding of C to W), else as a product with vp.
 template <typename T>
 void global_fwd_dense(const T* q, const T* kpk, const T* vp, int64_t vstride, T* out, T* lse, int64_t B, int64_t N,
                       int64_t M, int64_t D, int64_t C, T scale) {
   constexpr int W = Vec<T>::W;
   const int64_t Mq = round_up(M, 2 * W), Cp = round_up(C, W), nqb = ceil_div(N, kBQ);
+  const bool narrow = 2 * C <= W;
+  std::vector<T> vt;  // narrow: V^T (Bv, C, Mq), zero-padded keys
+  if (narrow) {
+    const int64_t Bv = vstride == 0 ? 1 : B;
+    vt.assign(Bv * C * Mq, T(0));
+    for (int64_t b = 0; b < Bv; ++b)
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t c = 0; c < C; ++c) vt[(b * C + c) * Mq + m] = vp[b * vstride + m * Cp + c];
+  }
+  const int64_t vtstride = vstride == 0 ? 0 : C * Mq;
   parallel_for(0, B * nqb, grain_for(kBQ * M * (D + C)), [&](int64_t begin, int64_t end) {
-    std::vector<T> S(kBQ * kBK), O(kBQ * Cp), m(kBQ), l(kBQ);
+    std::vector<T> S(kBQ * kBK), O(kBQ * Cp), m(kBQ), l(kBQ), rmax(kBQ * W), Qs(kBQ * D);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nqb, i0 = (task % nqb) * kBQ, bq = std::min(kBQ, N - i0);
-      const T* qb = q + (b * N + i0) * D;
+      pack_a_tiles<T>(bq, D, q + (b * N + i0) * D, D, scale, Qs.data());
       const T* kpb = kpk + b * D * Mq;
       const T* vpb = vp + b * vstride;
+      const T* vtb = narrow ? vt.data() + b * vtstride : nullptr;
       std::fill(O.begin(), O.end(), T(0));
       std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
       std::fill(l.begin(), l.end(), T(0));
       for (int64_t j0 = 0; j0 < M; j0 += kBK) {
         const int64_t nb = std::min(kBK, M - j0), nbp = round_up(nb, 2 * W);
-        gemm_packed<T>(bq, nbp, D, qb, D, kpb + j0 * D, S.data(), kBK, false);
+        const bool full = nb == nbp;  // no padded keys in this block: the fused row maxima hold
+        if (full) std::fill(rmax.begin(), rmax.end(), -std::numeric_limits<T>::infinity());
+        gemm_packed_ab<T>(bq, nbp, D, Qs.data(), kpb + j0 * D, S.data(), kBK, full ? rmax.data() : nullptr);
         for (int64_t i = 0; i < bq; ++i) {
           T* row = S.data() + i * kBK;
-          scale_row(row, nb, scale);
-          for (int64_t j = nb; j < nbp; ++j) row[j] = -std::numeric_limits<T>::infinity();
-          const T m_new = std::max(m[i], max_row(row, nbp));
+          T mx;
+          if (full) {
+            mx = hmax(vload(rmax.data() + i * W));
+          } else {
+            for (int64_t j = nb; j < nbp; ++j) row[j] = -std::numeric_limits<T>::infinity();
+            mx = max_row(row, nbp);
+          }
+          const T m_new = std::max(m[i], mx);
           const T alpha = std::exp(m[i] - m_new);  // 0 on the first block (m = -inf)
           l[i] = l[i] * alpha + exp_row(row, nbp, T(1), m_new);
           m[i] = m_new;
           if (alpha != T(1))
             for (int64_t c = 0; c < Cp; ++c) O[i * Cp + c] *= alpha;
         }
-        gemm<T>(bq, Cp, nbp, S.data(), kBK, vpb + j0 * Cp, Cp, O.data(), Cp, true);
+        if (narrow) gemm_nt<T>(bq, C, nbp, S.data(), kBK, vtb + j0, Mq, O.data(), Cp);
+        else gemm<T>(bq, Cp, nbp, S.data(), kBK, vpb + j0 * Cp, Cp, O.data(), Cp, true);
       }
       for (int64_t i = 0; i < bq; ++i) {
         const T inv = T(1) / l[i];
@@ -66,22 +89,21 @@ void global_fwd_topk(const T* q, const T* kpk, const T* v, int64_t vstride, T* o
   constexpr int W = Vec<T>::W;
   const int64_t nqb = ceil_div(N, kBQ);
   parallel_for(0, B * nqb, grain_for(kBQ * M * (D + C)), [&](int64_t begin, int64_t end) {
-    std::vector<T> S(kBQ * kBK), p(topk), acc(C);
+    std::vector<T> S(kBQ * kBK), p(topk), acc(C), Qs(kBQ * D);
     std::vector<Cand<T>> cands(kBQ * 2 * topk);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nqb, i0 = (task % nqb) * kBQ, bq = std::min(kBQ, N - i0);
-      const T* qb = q + (b * N + i0) * D;
+      pack_a_tiles<T>(bq, D, q + (b * N + i0) * D, D, scale, Qs.data());  // logits come out scaled
       const T* kpb = kpk + b * D * round_up(M, 2 * W);
       std::vector<TopK<T>> tops;
       tops.reserve(bq);
       for (int64_t i = 0; i < bq; ++i) tops.emplace_back(cands.data() + i * 2 * topk, topk);
       for (int64_t j0 = 0; j0 < M; j0 += kBK) {
         const int64_t nb = std::min(kBK, M - j0), nbp = round_up(nb, 2 * W);
-        gemm_packed<T>(bq, nbp, D, qb, D, kpb + j0 * D, S.data(), kBK, false);
+        gemm_packed_ab<T>(bq, nbp, D, Qs.data(), kpb + j0 * D, S.data(), kBK);
         for (int64_t i = 0; i < bq; ++i) {
           T* row = S.data() + i * kBK;
           TopK<T>& top = tops[i];
-          scale_row(row, nb, scale);
           int64_t j = 0;
           if (top.cut) {  // skip, a vector at a time, the logits that cannot enter
             const V<T> th = vsplat(top.thresh);

@@ -1,6 +1,6 @@
 // CPU kernels of local_affinity, local_copy and local_attention, forward and backward
-// (layouts: densecorr.cpp; scheme: local_kernels.h). Compiled for AVX2+FMA and for the
-// baseline instruction set; use_avx2() picks one per call.
+// (layouts: densecorr.cpp; scheme: local_kernels.h). Compiled for AVX-512, AVX2+FMA and
+// the baseline instruction set; simd_level() picks one per call.
 #include "common.h"
 
 #define DC_ISA base
@@ -16,6 +16,15 @@
 #undef DC_ISA
 #pragma GCC pop_options
 
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
+#define DC_ISA avx512
+#define DC_VBYTES 64
+#include "simd.h"
+#include "local_kernels.h"
+#undef DC_ISA
+#pragma GCC pop_options
+
 namespace densecorr_cpu {
 namespace {
 
@@ -25,7 +34,8 @@ using densecorr::shape;
 using densecorr::Tensor;
 using densecorr::ScalarType;
 
-#define DC_DISPATCH_ISA(fn, ...) (use_avx2() ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
+#define DC_DISPATCH_ISA(fn, ...) \
+  (simd_level() == 2 ? avx512::fn(__VA_ARGS__) : simd_level() == 1 ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
 
 void check_float(const Tensor& t, const char* op) {
   DC_CHECK(t.is_cpu(), "densecorr cpu ", op, ": tensors must be on the CPU, got ", densecorr::device_name(t));

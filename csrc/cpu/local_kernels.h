@@ -86,7 +86,9 @@ inline void dots2_nc(int64_t R, const T* a0, const T* a1, int64_t lda, const T* 
     const T* kr = kb + r * ldk;
     for (int j = 0; j < NC; ++j) {
       V<T> kv = vload(kr + j * ixs);
-#if defined(__AVX__)
+#if defined(__AVX512F__)
+      asm("" : "+v"(kv));  // keep kv in a register: GCC would fold (and repeat) the load into both FMAs
+#elif defined(__AVX__)
       asm("" : "+x"(kv));  // keep kv in a register: GCC would fold (and repeat) the load into both FMAs
 #endif
       c0[j] += x0 * kv;
@@ -126,15 +128,15 @@ inline void scatter(int64_t n, int64_t R, const V<T>* w, const T* src, int64_t l
   }
 }
 
-// An array of n vectors, 32-byte aligned (a std::vector of vector types is not reliably
-// over-aligned in this build).
+// An array of n vectors, aligned to the vector size (a std::vector of vector types is not
+// reliably over-aligned in this build).
 template <typename T>
 struct VBuf {
   std::vector<T> mem;
   V<T>* p;
-  explicit VBuf(int64_t n) : mem((n + 1) * Vec<T>::W) {
+  explicit VBuf(int64_t n) : mem((n + 1) * Vec<T>::W) {  // one spare vector for the alignment
     const auto addr = reinterpret_cast<uintptr_t>(mem.data());
-    p = reinterpret_cast<V<T>*>((addr + 31) & ~uintptr_t(31));
+    p = reinterpret_cast<V<T>*>((addr + (sizeof(V<T>) - 1)) & ~uintptr_t(sizeof(V<T>) - 1));
   }
   V<T>* data() { return p; }
   V<T>& operator[](int64_t i) { return p[i]; }
@@ -156,14 +158,14 @@ struct Strips {
   const Window& g;
   int64_t H, W, HW, nstrip, Wq, pad, Wk;
   std::vector<char> lin, edge;  // per strip: keys are a plain offset (fast path); touches the image edge
-  V<T> lanepos;
+  typename Vec<T>::itype lanepos;  // 0, 1, .., L-1
 
   explicit Strips(const Window& g_) : g(g_), H(g_.H), W(g_.W), HW(g_.H * g_.W) {
     nstrip = ceil_div(W, L);
     Wq = nstrip * L;
     pad = g.r * g.dil;
     Wk = Wq + 2 * pad;
-    for (int i = 0; i < L; ++i) lanepos[i] = T(i);
+    for (int i = 0; i < L; ++i) lanepos[i] = i;
     lin.assign(nstrip, 1);
     edge.assign(nstrip, 0);
     for (int64_t s = 0; s < nstrip; ++s) {
@@ -214,12 +216,19 @@ struct Strips {
       }
   }
   // boundary "mask": lanes of S[j] whose key column is outside the image get `fill`.
+  // In integers: lane l's key column s*L + l + off lies outside [0, W) iff l < -(s*L + off)
+  // or l >= W - (s*L + off); both bounds are clamped to [-1, L] first, so that the lane
+  // comparison stays exact for any width (float columns are inexact beyond 2^24).
   void mask_cols(V<T>* S, int64_t n, int64_t s, int64_t iy, T fill) const {
     if (g.boundary != Boundary::Mask || !edge[s]) return;
-    const V<T> x = lanepos + T(s * L);
+    typedef typename Vec<T>::itype I;
+    typedef std::remove_cvref_t<decltype(I{}[0])> IE;
+    const V<T> f = vsplat(fill);
     for (int64_t j = 0; j < n; ++j) {
-      const V<T> col = x + T((g.lo[iy] + j - g.r) * g.dil);
-      S[j] = ((col < T(0)) | (col >= T(W))) ? vsplat(fill) : S[j];
+      const int64_t col0 = s * L + (g.lo[iy] + j - g.r) * g.dil;  // column of lane 0
+      const IE lo = IE(std::clamp<int64_t>(-col0, -1, L)), hi = IE(std::clamp<int64_t>(W - col0, -1, L));
+      const I out = (lanepos < lo) | (lanepos >= hi);
+      S[j] = (V<T>)(((I)S[j] & ~out) | ((I)f & out));
     }
   }
   V<T> load(const T* p, int64_t s) const {

@@ -1,28 +1,35 @@
-// Portable SIMD helpers on GCC/Clang vector extensions, 32-byte vectors (8 float / 4 double).
+// Portable SIMD helpers on GCC/Clang vector extensions, DC_VBYTES-byte vectors: 32 (8 float
+// / 4 double) by default, 64 (16 float / 8 double) for the AVX-512 variant.
 //
 // No include guard on purpose: each kernel file includes this header (and its kernel
-// header) twice, once inside `#pragma GCC target("avx2,fma")` with DC_ISA=avx2 and once
-// without, with DC_ISA=base, so that the same source compiles to AVX2+FMA code and to a
-// baseline (SSE2) fallback, chosen at run time (see isa.h). The compiler contracts
-// `a * b + c` into FMA where the target has it.
+// header) three times: inside `#pragma GCC target("avx512f,...")` with DC_ISA=avx512 and
+// DC_VBYTES=64, inside `#pragma GCC target("avx2,fma")` with DC_ISA=avx2, and without a
+// target, with DC_ISA=base, so that the same source compiles to AVX-512, AVX2+FMA and a
+// baseline (SSE2) fallback, chosen at run time (common.h: simd_level). The compiler
+// contracts `a * b + c` into FMA where the target has it.
+#ifndef DC_VBYTES
+#define DC_VBYTES 32
+#endif
 namespace densecorr_cpu {
 namespace DC_ISA {
+
+constexpr int kVBytes = DC_VBYTES;
 
 template <typename T>
 struct Vec;
 template <>
 struct Vec<float> {
-  typedef float type __attribute__((vector_size(32)));
-  typedef float utype __attribute__((vector_size(32), aligned(4), may_alias));
-  typedef int32_t itype __attribute__((vector_size(32)));
-  static constexpr int W = 8;
+  typedef float type __attribute__((vector_size(DC_VBYTES)));
+  typedef float utype __attribute__((vector_size(DC_VBYTES), aligned(4), may_alias));
+  typedef int32_t itype __attribute__((vector_size(DC_VBYTES)));
+  static constexpr int W = DC_VBYTES / 4;
 };
 template <>
 struct Vec<double> {
-  typedef double type __attribute__((vector_size(32)));
-  typedef double utype __attribute__((vector_size(32), aligned(8), may_alias));
-  typedef int64_t itype __attribute__((vector_size(32)));
-  static constexpr int W = 4;
+  typedef double type __attribute__((vector_size(DC_VBYTES)));
+  typedef double utype __attribute__((vector_size(DC_VBYTES), aligned(8), may_alias));
+  typedef int64_t itype __attribute__((vector_size(DC_VBYTES)));
+  static constexpr int W = DC_VBYTES / 8;
 };
 template <typename T>
 using V = typename Vec<T>::type;
@@ -38,6 +45,16 @@ inline void vstore(T* p, V<T> x) {
 // Broadcast (spelled out: `V<T>{} + x` costs an extra add per call, for x = -0.0).
 template <typename T>
 inline V<T> vsplat(T x);
+#if DC_VBYTES == 64
+template <>
+inline V<float> vsplat(float x) {
+  return V<float>{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+}
+template <>
+inline V<double> vsplat(double x) {
+  return V<double>{x, x, x, x, x, x, x, x};
+}
+#else
 template <>
 inline V<float> vsplat(float x) {
   return V<float>{x, x, x, x, x, x, x, x};
@@ -46,6 +63,7 @@ template <>
 inline V<double> vsplat(double x) {
   return V<double>{x, x, x, x};
 }
+#endif
 // The first n (< W) elements from p, the rest 0 (never reads past p + n).
 template <typename T>
 inline V<T> vload_partial(const T* p, int64_t n) {
@@ -66,17 +84,42 @@ template <typename VT>
 inline VT vmin(VT a, VT b) {
   return a < b ? a : b;
 }
-template <typename VT>
+// Horizontal sum / maximum, as a tree of halvings (a vector of n lanes: log2(n) steps).
+template <typename VT, int n = sizeof(VT) / sizeof(std::remove_cvref_t<decltype(VT{}[0])>)>
 inline auto hsum(VT x) {
-  std::remove_cvref_t<decltype(x[0])> s = 0;
-  for (unsigned i = 0; i < sizeof(VT) / sizeof(s); ++i) s += x[i];
-  return s;
+  typedef std::remove_cvref_t<decltype(x[0])> E;
+  E s = 0;
+  if constexpr (n == 16) {
+    typedef E H __attribute__((vector_size(8 * sizeof(E))));
+    const H h = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) +
+                __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+    return hsum<H, 8>(h);
+  } else if constexpr (n == 8) {
+    typedef E H __attribute__((vector_size(4 * sizeof(E))));
+    const H h = __builtin_shufflevector(x, x, 0, 1, 2, 3) + __builtin_shufflevector(x, x, 4, 5, 6, 7);
+    return hsum<H, 4>(h);
+  } else {
+    for (int i = 0; i < n; ++i) s += x[i];
+    return s;
+  }
 }
-template <typename VT>
+template <typename VT, int n = sizeof(VT) / sizeof(std::remove_cvref_t<decltype(VT{}[0])>)>
 inline auto hmax(VT x) {
-  std::remove_cvref_t<decltype(x[0])> s = x[0];
-  for (unsigned i = 1; i < sizeof(VT) / sizeof(s); ++i) s = x[i] > s ? x[i] : s;
-  return s;
+  typedef std::remove_cvref_t<decltype(x[0])> E;
+  if constexpr (n == 16) {
+    typedef E H __attribute__((vector_size(8 * sizeof(E))));
+    const H a = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7);
+    const H b = __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+    return hmax<H, 8>(a > b ? a : b);
+  } else if constexpr (n == 8) {
+    typedef E H __attribute__((vector_size(4 * sizeof(E))));
+    const H a = __builtin_shufflevector(x, x, 0, 1, 2, 3), b = __builtin_shufflevector(x, x, 4, 5, 6, 7);
+    return hmax<H, 4>(a > b ? a : b);
+  } else {
+    E s = x[0];
+    for (int i = 1; i < n; ++i) s = x[i] > s ? x[i] : s;
+    return s;
+  }
 }
 
 // exp(x), elementwise; exactly 0 for x below the float range (and for -inf).
@@ -104,7 +147,7 @@ inline V<float> vexp(V<float> x) {
 // float64 is for checking (gradcheck), not speed: the library exp, lane by lane.
 inline V<double> vexp(V<double> x) {
   V<double> r;
-  for (int i = 0; i < 4; ++i) r[i] = std::exp(x[i]);
+  for (int i = 0; i < Vec<double>::W; ++i) r[i] = std::exp(x[i]);
   return r;
 }
 
@@ -172,3 +215,4 @@ inline void axpy(T* y, T a, const T* x, int64_t n) {
 
 }  // namespace DC_ISA
 }  // namespace densecorr_cpu
+#undef DC_VBYTES
