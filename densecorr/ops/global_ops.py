@@ -77,7 +77,8 @@ def _global_attention_backward(ctx, grad_out, _grad_lse, _grad_idx):
 _global_attention_fwd.register_autograd(_global_attention_backward, setup_context=_global_attention_setup)
 
 
-def global_attention(q: Tensor, k: Tensor, v: Tensor, scale: float = 1.0, topk: Optional[int] = None, *, backend: Optional[str] = None) -> Tensor:
+def global_attention(q: Tensor, k: Tensor, v: Tensor, scale: float = 1.0, topk: Optional[int] = None, *,
+                     return_indices: bool = False, backend: Optional[str] = None):
     """Softmax attention over all keys without materialising the N x M affinity.
 
     out_j = sum_i softmax_i(scale * q_j . k_i) v_i
@@ -86,9 +87,12 @@ def global_attention(q: Tensor, k: Tensor, v: Tensor, scale: float = 1.0, topk: 
         q: (B, N, D) queries. k: (B, M, D) keys. v: (B, M, C) values, any C >= 1.
         scale: multiplies the logits (1 / temperature).
         topk: if given, only each query's topk largest logits enter its softmax.
+        return_indices: also return the kept keys (needs topk): int64 (B, N, topk), the key
+            indices of each query's topk largest logits, in no particular order (ties broken
+            by the backend). Not differentiable.
         backend: "cpu", "cuda", "triton", "reference" or None/"auto" (see densecorr.backends).
     Returns:
-        (B, N, C), differentiable in q, k and v.
+        (B, N, C), differentiable in q, k and v; with return_indices, (out, indices).
     """
     c = Checker("global_attention")
     c.tensor("q", q, {3: "(B, N, D)"})
@@ -99,8 +103,10 @@ def global_attention(q: Tensor, k: Tensor, v: Tensor, scale: float = 1.0, topk: 
     c.dim_match("feature dims D", q=("q", q.shape, 2), k=("k", k.shape, 2))
     c.dim_match("key counts M", k=("k", k.shape, 1), v=("v", v.shape, 1))
     topk = c.topk(topk, k.shape[1], "keys M")
-    out, _, _ = _global_attention_fwd(q.contiguous(), k.contiguous(), v.contiguous(), c.scale(scale), topk, c.backend(backend))
-    return out
+    if return_indices and not topk:
+        c.fail("return_indices=True needs topk (the indices are those of the kept top-k keys)")
+    out, _, idx = _global_attention_fwd(q.contiguous(), k.contiguous(), v.contiguous(), c.scale(scale), topk, c.backend(backend))
+    return (out, idx) if return_indices else out
 
 
 # --------------------------------------------------------------------------- global_affinity

@@ -359,8 +359,8 @@ def local_copy(
 
 def local_attention(
     q: Tensor, k: Tensor, v: Tensor, radius: int, dilation: int = 1, scale: float = 1.0, boundary: str = "mask",
-    window: str = "square", topk: Optional[int] = None, *, backend: Optional[str] = None,
-) -> Tensor:
+    window: str = "square", topk: Optional[int] = None, *, return_indices: bool = False, backend: Optional[str] = None,
+):
     """Fused local_affinity + local_copy: never stores the (T*P, H, W) volume.
 
     out_j = sum_{i in windows(j)} softmax_i(scale * q_j . k_i) v_i, one joint softmax over
@@ -369,8 +369,13 @@ def local_attention(
 
     Args:
         q: (B, D, H, W). k: (B, D, H, W) or (B, T, D, H, W). v: (B, C, H, W) or (B, T, C, H, W).
+        return_indices: also return the kept positions (needs topk): int64 (B, H, W, topk),
+            window positions t*P + p of the given (radius, window) (also when a smaller
+            equivalent window ran), in no particular order. With boundary "mask" a pixel whose
+            windows hold fewer than topk positions inside the image also names positions
+            outside it (weight 0). Not differentiable.
     Returns:
-        (B, C, H, W), differentiable in q, k and v.
+        (B, C, H, W), differentiable in q, k and v; with return_indices, (out, indices).
     """
     c = Checker("local_attention")
     c.tensor("q", q, {4: "(B, D, H, W)"})
@@ -381,6 +386,8 @@ def local_attention(
     radius, dilation = _window_args(c, q.shape[2], q.shape[3], radius, dilation, boundary, window)
     T = k5.shape[1]
     topk = c.topk(topk, T * window_size(radius, window), "window positions T*P")
+    if return_indices and not topk:
+        c.fail("return_indices=True needs topk (the indices are those of the kept top-k positions)")
     scale, backend = c.scale(scale), c.backend(backend)
     q, k5, v5 = q.contiguous(), k5.contiguous(), v5.contiguous()
     small = _smaller_window(q.shape[2], q.shape[3], radius, dilation, boundary, window, T, topk)
@@ -391,8 +398,40 @@ def local_attention(
             out, _, _ = _local_attention_fwd(q2, k2, v2, small.radius, dilation, scale2, boundary, small.window, 0, backend)
             return out.to(q.dtype)
         small = None
+    given = geometry.Window(radius, window)
     if small is not None:
         radius, window = small
-        topk = min(topk, T * window_size(radius, window))
-    out, _, _ = _local_attention_fwd(q, k5, v5, radius, dilation, scale, boundary, window, topk, backend)
-    return out
+        topk_run = min(topk, T * window_size(radius, window))
+    else:
+        topk_run = topk
+    out, _, idx = _local_attention_fwd(q, k5, v5, radius, dilation, scale, boundary, window, topk_run, backend)
+    if not return_indices:
+        return out
+    if small is not None:
+        idx = _positions_in(idx, small, given)
+        if topk_run < topk:  # fewer positions than topk exist: the rest are outside the image
+            idx = torch.cat([idx, _outside_positions(given, T, topk - topk_run, idx)], -1)
+    return out, idx
+
+
+def _positions_in(idx: Tensor, small, given) -> Tensor:
+    """Window positions t*Ps + p of the window `small` -> t*P + p' of the window `given`
+    (which holds every offset of `small`)."""
+    Ps, P = window_size(small.radius, small.window), window_size(given.radius, given.window)
+    side = 2 * given.radius + 1
+    lut = torch.full((side * side,), -1, dtype=torch.int64)
+    for p, (i, j) in enumerate(geometry.window_offsets(given.radius, given.window)):
+        lut[i * side + j] = p
+    cells = torch.tensor(geometry.window_offsets(small.radius, small.window), dtype=torch.int64).reshape(-1, 2) + (given.radius - small.radius)
+    remap = lut[cells[:, 0] * side + cells[:, 1]].to(idx.device)
+    return (idx // Ps) * P + remap[idx % Ps]
+
+
+def _outside_positions(given, T: int, n: int, idx: Tensor) -> Tensor:
+    """n positions of `given` never inside the image for any pixel (those the smaller window
+    dropped), broadcast to idx's leading shape."""
+    P = window_size(given.radius, given.window)
+    taken = torch.zeros(T * P, dtype=torch.bool, device=idx.device)
+    taken[idx.flatten().unique()] = True
+    free = torch.nonzero(~taken).flatten()[:n]
+    return free.expand(*idx.shape[:-1], n)

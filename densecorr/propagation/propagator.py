@@ -21,8 +21,8 @@ or score each frame need no copy of the frames.
 The crw protocol's joint top-k over a global first frame and 20 local windows is computed
 exactly and in bounded memory: the joint top-k is a subset of the first frame's top-k and the
 windows' joint top-k, which the streamed densecorr kernels (global attention and local
-attention with topk) find, with their indices; the 2k candidates' logits are recomputed and
-the final top-k taken over them. Frame 0 appears only once (as the global reference), also
+attention with topk and return_indices=True) find, with their indices; the 2k candidates'
+logits are recomputed and the final top-k taken over them. Frame 0 appears only once (as the global reference), also
 while it is among the 20 previous frames.
 """
 from __future__ import annotations
@@ -195,10 +195,10 @@ def crw_topk_step(
     {window(j) in each local reference} of softmax(l) * label, logits = scale * q_j . k_i.
 
     The joint top-k is a subset of (top-k of the global part) + (top-k of the local part), so
-    each part is searched by its streamed, memory-bounded densecorr kernel
-    (global_attention_fwd / local_attention_fwd with topk: one joint top-k over all local
-    references' windows), which also return the indices of their top-k; the 2k candidates'
-    logits are recomputed from those indices and the final top-k taken over them.
+    each part is searched by its streamed, memory-bounded public op (global_attention /
+    local_attention with topk and return_indices=True: one joint top-k over all local
+    references' windows, with the kept indices); the 2k candidates' logits are recomputed
+    from those indices (2k dot products per query) and the final top-k taken over them.
 
     Args:
         q: (D, h, w) query features. first: (D, h, w) or None; first_labels (K, h, w).
@@ -214,31 +214,31 @@ def crw_topk_step(
     if first is not None:
         kt = first.flatten(1).T.contiguous()
         vt = first_labels.flatten(1).T.contiguous()
-        _, _, idx = torch.ops.densecorr.global_attention_fwd(qt[None], kt[None], vt[None], float(scale), min(topk, N), "auto")
+        _, idx = densecorr.global_attention(qt[None], kt[None], vt[None], scale=float(scale), topk=min(topk, N), return_indices=True)
         idx = idx[0]  # (N, k) key indices
         cand_logits.append(scale * torch.einsum("nkd,nd->nk", kt[idx], qt))
         cand_labels.append(vt[idx])
     if local_feats:
-        from densecorr.reference import window_offsets
+        from densecorr.geometry import window_offsets
 
         k = torch.stack(list(local_feats))  # (T, D, h, w)
         v = torch.stack(list(local_labels))  # (T, K, h, w)
-        T, K = k.shape[0], v.shape[1]
+        T = k.shape[0]
         offsets = torch.tensor(window_offsets(radius, window), device=q.device) - radius  # (P, 2) (dy, dx)
         P = offsets.shape[0]
-        _, _, idx = torch.ops.densecorr.local_attention_fwd(
-            q[None].contiguous(), k[None].contiguous(), v[None].contiguous(), radius, 1, float(scale), "mask", window, min(topk, T * P), "auto"
-        )
+        _, idx = densecorr.local_attention(q[None], k[None], v[None], radius, scale=float(scale), boundary="mask", window=window,
+                                           topk=min(topk, T * P), return_indices=True)
         idx = idx[0].reshape(N, -1)  # (N, k) window positions t * P + p
         ref, pos = idx // P, idx % P
         yy = torch.arange(h, device=q.device).repeat_interleave(w)[:, None] + offsets[pos, 0]
         xx = torch.arange(w, device=q.device).repeat(h)[:, None] + offsets[pos, 1]
         valid = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)  # only short windows could pick these
-        flat = (ref * h + yy.clamp(0, h - 1)) * w + xx.clamp(0, w - 1)
-        kf = k.permute(0, 2, 3, 1).reshape(T * N, D)[flat]  # (N, k, D)
+        pix = yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)
+        # gather the candidates' keys and labels straight from (T, D, h*w): no transposed copy
+        kf = k.flatten(2)[ref, :, pix]  # (N, k, D)
         logits = scale * torch.einsum("nkd,nd->nk", kf, qt)
         cand_logits.append(logits.masked_fill(~valid, float("-inf")))
-        cand_labels.append(v.permute(0, 2, 3, 1).reshape(T * N, K)[flat])
+        cand_labels.append(v.flatten(2)[ref, :, pix])  # (N, k, K)
     logits = torch.cat(cand_logits, 1)
     labels = torch.cat(cand_labels, 1)
     if logits.shape[1] > topk:
