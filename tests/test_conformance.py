@@ -135,6 +135,10 @@ MASK_REASONS["dino"] = "densecorr has no 'dino' protocol (and DINO min-max norma
 MASK_REASONS["uvc"] += "; and UVC min-max normalises each upsampled channel before the argmax (test.py:127, libs/utils.py:110-122)"
 
 
+# protocols that conform (their xfail marks removed)
+CONFORMING = {"dino"}
+
+
 def xfail(reason: str, missing: bool = False):
     """Strict xfail that counts only the failure it names: a wrong value (AssertionError), or,
     for a protocol densecorr lacks (`missing`), get_protocol's DataError; any other error fails."""
@@ -158,7 +162,7 @@ def _reference(case: str, feats: torch.Tensor, labels0: torch.Tensor):
 # --------------------------------------------------------------------------- densecorr vs reference
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=xfail(REASONS[c], c == "dino")) for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, marks=() if c in CONFORMING else xfail(REASONS[c], c == "dino")) for c in CASES])
 def test_propagation(case):
     cfg = CASES[case]
     feats = features(cfg["T"], cfg["seed"], norms=cfg.get("norms", (2.0, 4.0)))
@@ -189,7 +193,7 @@ def _reference_first_labels(protocol: str, mask: torch.Tensor, grid):
 PROTOCOLS = ["crw", "dino", "uvc", "cycletime", "corrflow", "mast"]
 
 
-@pytest.mark.parametrize("protocol", [pytest.param(p, marks=xfail(FIRST_REASONS[p], p == "dino")) for p in PROTOCOLS])
+@pytest.mark.parametrize("protocol", [pytest.param(p, marks=() if p in CONFORMING else xfail(FIRST_REASONS[p], p == "dino")) for p in PROTOCOLS])
 def test_first_labels(protocol):
     stride = CASES[protocol]["stride"]
     mask = block_ids((H * stride, W * stride), 5, seed=CASES[protocol]["mask_seed"])
@@ -223,7 +227,7 @@ def _reference_masks(protocol: str, feats: torch.Tensor, mask: torch.Tensor, str
     return [o[0] for o in outs], gaps, margin
 
 
-@pytest.mark.parametrize("protocol", [pytest.param(p, marks=xfail(MASK_REASONS[p], p == "dino")) for p in PROTOCOLS])
+@pytest.mark.parametrize("protocol", [pytest.param(p, marks=() if p in CONFORMING else xfail(MASK_REASONS[p], p == "dino")) for p in PROTOCOLS])
 def test_masks(protocol):
     cfg = CASES[protocol]
     stride = cfg["stride"]

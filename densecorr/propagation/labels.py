@@ -60,6 +60,38 @@ def upsample(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(labels[None].float(), size=size, mode="bilinear", align_corners=False)[0]
 
 
+FIRST_RULES = ("area", "bilinear", "nearest")
+OUTPUT_RULES = ("bilinear", "minmax")
+
+
+def nearest_index(n_in: int, n_out: int) -> torch.Tensor:
+    """Source index of each output pixel of a PIL NEAREST resize from n_in to n_out pixels:
+    floor((x + 0.5) * n_in / n_out)."""
+    return torch.floor((torch.arange(n_out, dtype=torch.float64) + 0.5) * n_in / n_out).long().clamp_(0, n_in - 1)
+
+
+def first_grid_labels(mask: np.ndarray, ids: Sequence[int], grid: tuple[int, int], rule: str = "area") -> torch.Tensor:
+    """The first frame's id mask (H, W) -> label channels (len(ids) + 1, h, w) on the feature grid.
+
+    rule:
+        "area": one-hot at full resolution, then the area average of each cell.
+        "bilinear": one-hot at full resolution, then bilinear without antialiasing (half-pixel
+            centres: at stride 8, the mean of the 2x2 pixels at each cell's centre; cv2
+            INTER_LINEAR, videowalk and TimeCycle).
+        "nearest": the id at pixel floor((x + 0.5) * W / w) of each cell, one-hot (PIL NEAREST,
+            DINO and UVC).
+    """
+    if rule == "area":
+        return to_grid(one_hot(mask, ids), grid)
+    if rule == "bilinear":
+        return F.interpolate(one_hot(mask, ids)[None], size=grid, mode="bilinear", align_corners=False, antialias=False)[0]
+    if rule == "nearest":
+        m = np.asarray(mask)
+        small = m[nearest_index(m.shape[0], grid[0]).numpy()][:, nearest_index(m.shape[1], grid[1]).numpy()]
+        return one_hot(small, ids)
+    raise DataError(f"unknown first-label rule {rule!r}; choose one of {', '.join(FIRST_RULES)}")
+
+
 def mask_dtype(ids: Sequence[int]) -> np.dtype:
     """The narrowest mask dtype that holds every id: uint8 up to 255, else uint16 (up to 65535)."""
     top = max(ids, default=0)
@@ -68,12 +100,31 @@ def mask_dtype(ids: Sequence[int]) -> np.dtype:
     return np.dtype(np.uint8) if top <= 255 else np.dtype(np.uint16)
 
 
-def labels_to_mask(labels: torch.Tensor, ids: Sequence[int], size: tuple[int, int]) -> np.ndarray:
-    """Soft labels (K, h, w) (channel 0 background) -> id mask (H, W): upsample, argmax, map to
-    ids. uint8 when every id is <= 255, else uint16 (ids are kept, never wrapped)."""
+def labels_to_mask(labels: torch.Tensor, ids: Sequence[int], size: tuple[int, int], rule: str = "bilinear", stride: int | None = None) -> np.ndarray:
+    """Soft labels (K, h, w) (channel 0 background) -> id mask (H, W), mapped to ids. uint8 when
+    every id is <= 255, else uint16 (ids are kept, never wrapped).
+
+    rule:
+        "bilinear": upsample bilinearly to (H, W), argmax.
+        "minmax": upsample bilinearly by `stride` (to (h * stride, w * stride)), min-max
+            normalise each channel whose maximum is positive ((x - min) / max(x - min)), argmax,
+            then PIL NEAREST to (H, W) (DINO's and UVC's output).
+    """
     dtype = mask_dtype(ids)
     lut = np.asarray([0] + list(ids), dtype=dtype)
-    return lut[upsample(labels, size).argmax(0).numpy()]
+    if rule == "bilinear":
+        return lut[upsample(labels, size).argmax(0).numpy()]
+    if rule != "minmax":
+        raise DataError(f"unknown output rule {rule!r}; choose one of {', '.join(OUTPUT_RULES)}")
+    h, w = labels.shape[-2:]
+    up = upsample(labels, (h * stride, w * stride))
+    low = up.flatten(1).min(1).values[:, None, None]
+    high = up.flatten(1).max(1).values[:, None, None]
+    span = (up - low).flatten(1).max(1).values[:, None, None]
+    normed = torch.where(high > 0, (up - low) / span, up)
+    seg = normed.argmax(0)
+    seg = seg[nearest_index(seg.shape[0], size[0])][:, nearest_index(seg.shape[1], size[1])]
+    return lut[seg.numpy()]
 
 
 def heatmap_peaks(maps: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -96,4 +147,4 @@ def check_first_mask(mask: np.ndarray, frame_size: tuple[int, int] | None = None
     return ids
 
 
-__all__ = ["one_hot", "heatmaps", "to_grid", "upsample", "mask_dtype", "labels_to_mask", "heatmap_peaks", "check_first_mask"]
+__all__ = ["FIRST_RULES", "OUTPUT_RULES", "nearest_index", "first_grid_labels", "one_hot", "heatmaps", "to_grid", "upsample", "mask_dtype", "labels_to_mask", "heatmap_peaks", "check_first_mask"]

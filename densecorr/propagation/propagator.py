@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 import densecorr
 from densecorr.data.io import DataError
-from densecorr.propagation.labels import check_first_mask, heatmap_peaks, heatmaps, labels_to_mask, one_hot, to_grid
+from densecorr.propagation.labels import check_first_mask, first_grid_labels, heatmap_peaks, heatmaps, labels_to_mask
 from densecorr.propagation.protocols import Protocol, get_protocol
 
 
@@ -272,12 +272,13 @@ def propagate_mask(
         nonlocal known
         if known is None:
             known = check_first_mask(first_mask, frame_size)
-        return to_grid(one_hot(first_mask, known), grid)
+        return first_grid_labels(first_mask, known, grid, proto.first)
 
+    proto = propagator.protocol
     bar = _progress(progress, total)
     try:
         for t, frame, labels in propagator.run(frames, first_labels):
-            mask = labels_to_mask(labels, known, frame.shape[:2])
+            mask = labels_to_mask(labels, known, frame.shape[:2], proto.output, propagator.stride)
             if bar is not None:
                 bar.update(1)
             yield t, frame, mask

@@ -6,6 +6,17 @@
 | mast | frames {0, 5} + {t-1, t-3, t-5}, local windows radius 12 (stride 4) | one joint softmax | hard |
 | uvc, cycletime | frame 0 + the 7 previous frames, global | top-5 jointly over all | soft |
 | corrflow | the previous frame, local window radius 6 | softmax | hard |
+| dino | frame 0 + the 7 previous frames (never frame 0 twice), square window radius 12 on every reference | top-5 jointly over all, s = 10 | soft |
+
+dino = facebookresearch/dino `eval_video_segmentation.py` (n_last_frames 7,
+size_mask_neighborhood 12, topk 5, temperature 0.1): first labels by PIL NEAREST of the id
+mask to the grid, output upsampled bilinearly by the stride, each channel min-max normalised,
+argmax, PIL NEAREST to the frame size. Its parameters are options: `get_protocol("dino",
+n_last_frames=28, radius=15, topk=10, temperature=0.2)` is the DIFT/TED-style setting; it runs
+on the windowed top-k kernel, in memory linear in the frame (never a (hw) x (hw) matrix).
+Differences from DINO's script: frames are resized to multiples of the feature stride (DINO:
+widths floored to multiples of 64); a channel that is constant and positive stays as it is
+(DINO divides by zero).
 
 Features are L2-normalised and the logits scaled by s = 1 / temperature (0.05 by default).
 See docs/design.md ("Evaluation protocols").
@@ -30,6 +41,10 @@ class Protocol:
         temperature: softmax temperature; the logit scale is 1 / temperature.
         feedback: "soft" (predicted distributions become references) or "hard" (their argmax, one-hot).
         stride: feature stride used by the Lab baseline under this protocol (models have their own).
+        first: how the first frame's id mask reaches the feature grid (labels.FIRST_RULES:
+            "area" average, "bilinear" (cv2 INTER_LINEAR), "nearest" (PIL NEAREST)).
+        output: how grid labels become the output mask (labels.OUTPUT_RULES: "bilinear" to the
+            frame size then argmax; "minmax": x stride, per-channel min-max, argmax, nearest).
         features: "l2" (L2-normalised: cosine similarity) or "raw" (plain dot products). A model
             that declares `similarity = "euclidean"` (the Lab baseline) is compared by distance
             under every protocol (densecorr.propagation.propagator).
@@ -46,6 +61,8 @@ class Protocol:
     feedback: str = "soft"
     stride: int = 8
     features: str = "l2"
+    first: str = "area"
+    output: str = "bilinear"
 
     @property
     def scale(self) -> float:
@@ -69,11 +86,19 @@ PROTOCOLS = {
     "uvc": Protocol("uvc", "global", (0,), tuple(range(1, 8)), topk=5, feedback="soft", stride=8),
     "cycletime": Protocol("cycletime", "global", (0,), tuple(range(1, 8)), topk=5, feedback="soft", stride=8),
     "corrflow": Protocol("corrflow", "local", (), (1,), radius=6, window="square", feedback="hard", stride=4),
+    "dino": Protocol("dino", "local", (0,), tuple(range(1, 8)), radius=12, window="square", topk=5, temperature=0.1,
+                     feedback="soft", stride=8, first="nearest", output="minmax"),
 }
 
 
-def get_protocol(name: str | Protocol, **overrides) -> Protocol:
-    """A protocol by name, with fields replaced by the non-None `overrides` (e.g. temperature=0.07)."""
+def get_protocol(name: str | Protocol, n_last_frames: int | None = None, **overrides) -> Protocol:
+    """A protocol by name, with fields replaced by the non-None `overrides` (e.g. temperature=0.07).
+
+    n_last_frames=n: the short-term references are the n previous frames (previous = 1..n)."""
+    if n_last_frames is not None:
+        if isinstance(n_last_frames, bool) or not isinstance(n_last_frames, int) or n_last_frames < 1:
+            raise DataError(f"n_last_frames must be an integer >= 1, got {n_last_frames!r}")
+        overrides["previous"] = tuple(range(1, n_last_frames + 1))
     if isinstance(name, Protocol):
         proto = name
     else:

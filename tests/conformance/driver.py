@@ -50,9 +50,9 @@ def masks(protocol, feats: torch.Tensor, first_mask: torch.Tensor, stride: int) 
 
 
 def first_labels(protocol, first_mask: torch.Tensor, ids: list[int], grid: tuple[int, int]) -> torch.Tensor:
-    """How densecorr brings the first mask (H, W) to the feature grid under `protocol` (today the
-    same for every protocol: one-hot at full resolution, then area average)."""
-    from densecorr.propagation import get_protocol, one_hot, to_grid
+    """How densecorr brings the first mask (H, W) to the feature grid under `protocol` (its
+    `first` rule, densecorr.propagation.first_grid_labels)."""
+    from densecorr.propagation import first_grid_labels, get_protocol
 
-    get_protocol(protocol)  # an unknown protocol is an error here too
-    return to_grid(one_hot(first_mask.numpy(), ids), grid).double()
+    proto = get_protocol(protocol)  # an unknown protocol is an error here too
+    return first_grid_labels(first_mask.numpy(), ids, grid, proto.first).double()
