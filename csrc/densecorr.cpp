@@ -31,7 +31,7 @@ STABLE_TORCH_LIBRARY(densecorr_ext, m) {
   m.def("project_coords_fwd(Tensor q, Tensor k, float scale) -> (Tensor, Tensor)");
   m.def("project_coords_bwd(Tensor grad_coords, Tensor q, Tensor k, Tensor coords, Tensor lse, float scale) -> (Tensor, Tensor)");
   // What this build contains, as bits: 1 CUDA kernels, 4 the AVX2+FMA CPU kernels
-  // run now (else the baseline x86-64 ones). Read by densecorr.build_info().
+  // run now (else the baseline x86-64 ones), 8 the AVX-512 ones. Read by densecorr.build_info().
   m.def("build_flags() -> int");
 }
 
@@ -42,6 +42,7 @@ int64_t build_flags() {
   flags |= 1;
 #endif
   if (densecorr_cpu::use_avx2()) flags |= 4;
+  if (densecorr_cpu::use_avx512()) flags |= 8;
   return flags;
 }
 }  // namespace

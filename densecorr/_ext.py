@@ -244,7 +244,7 @@ def build_info() -> dict:
         info.update(module.build_info())
     else:  # stable-ABI build: flags from an op, the rest from torch and the build record
         flags = int(torch.ops.densecorr_ext.build_flags())
-        info.update(cuda=bool(flags & 1), cpu_simd="avx2" if flags & 4 else "base",
+        info.update(cuda=bool(flags & 1), cpu_simd="avx512" if flags & 8 else "avx2" if flags & 4 else "base",
                     cpu_capability=torch.backends.cpu.get_cpu_capability(), compiler=record.get("compiler"),
                     threads=torch.get_num_threads())
     return info

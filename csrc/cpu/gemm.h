@@ -64,6 +64,16 @@ template <typename T, bool TA = false>
 inline void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                  int64_t ldc, bool accumulate) {
   constexpr int W = Vec<T>::W;
+  if constexpr (!TA && kMR > 8) {
+    // Tall micro-tiles read their A elements from kMR rows lda apart: more row addresses
+    // than general registers. Transposed once (K x M, a 1/N share of the work), the
+    // broadcasts read fixed offsets from one pointer.
+    thread_local std::vector<T> at;
+    if (static_cast<int64_t>(at.size()) < M * K) at.resize(M * K);
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t p = 0; p < K; ++p) at[p * M + i] = A[i * lda + p];
+    return gemm<T, true>(M, N, K, at.data(), M, B, ldb, C, ldc, accumulate);
+  }
   int64_t j = 0;
   // Column panels outside, row tiles inside: a K x 2W panel of B stays in L1.
   for (; j + 2 * W <= N; j += 2 * W) gemm_rows<T, 2, TA>(M, K, A, lda, B + j, ldb, C + j, ldc, accumulate);
