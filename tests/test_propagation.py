@@ -25,11 +25,13 @@ from densecorr.propagation import (
 )
 
 
-def brute_force_crw(q, first, first_lab, feats, labs, radius, topk, scale):
-    """Joint top-k over all positions of `first` and the circle windows of `feats`, one pixel at a time."""
+def brute_force_crw(q, first, first_lab, feats, labs, radius, topk, scale, strict=False):
+    """Joint top-k over all positions of `first` and the circle windows of `feats` (strict:
+    dy^2 + dx^2 < radius^2), one pixel at a time."""
     D, h, w = q.shape
     out = torch.zeros(labs[0].shape[0], h, w, dtype=torch.float64)
-    offsets = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1) if dy * dy + dx * dx <= radius * radius]
+    r2 = radius * radius
+    offsets = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1) if dy * dy + dx * dx < r2 + (0 if strict else 1)]
     for y in range(h):
         for x in range(w):
             logits, values = [], []
@@ -69,8 +71,36 @@ def test_crw_topk_step_is_exact():
     torch.testing.assert_close(crw_topk_step(q, None, None, feats, labs, radius=2, topk=5, scale=3.0), expected)
 
 
+def test_crw_strict_circle_is_exact():
+    """videowalk's radius mask is strict (D < radius). Here the best key of every query in each of
+    6 references sits at the excluded offset (0, +radius), more than the first search's slack,
+    so the exact second search runs."""
+    g = torch.Generator().manual_seed(1)
+    D, h, w, K, r, T = 48, 4, 12, 3, 2, 6
+    q = torch.zeros(D, h, w, dtype=torch.float64)
+    q.view(D, -1)[torch.arange(h * w), torch.arange(h * w)] = 1.0  # one-hot codes
+    feats, labs = [], []
+    for _ in range(T):
+        k = 0.1 * torch.randn(D, h, w, generator=g, dtype=torch.float64)
+        k[:, :, r:] += 3 * q[:, :, :-r]  # key (y, x + r) matches query (y, x)
+        feats.append(k)
+        labs.append(torch.rand(K, h, w, generator=g, dtype=torch.float64))
+    first = torch.randn(D, h, w, generator=g, dtype=torch.float64)
+    first_lab = torch.rand(K, h, w, generator=g, dtype=torch.float64)
+    expected = brute_force_crw(q, first, first_lab, feats, labs, radius=r, topk=5, scale=2.0, strict=True)
+    got = crw_topk_step(q, first, first_lab, feats, labs, radius=r, topk=5, scale=2.0, strict=True)
+    torch.testing.assert_close(got, expected)
+    loose = crw_topk_step(q, first, first_lab, feats, labs, radius=r, topk=5, scale=2.0)
+    assert (loose - expected).abs().max() > 0.1  # the excluded offsets matter here
+
+
 def test_protocol_references():
-    crw, mast, uvc, corrflow = (PROTOCOLS[n] for n in ("crw", "mast", "uvc", "corrflow"))
+    mast, uvc, corrflow = (PROTOCOLS[n] for n in ("mast", "uvc", "corrflow"))
+    # crw as videowalk: the short-term references t-20..t-1 clamped to frame 0 (its padding)
+    assert PROTOCOLS["crw"].references(1) == [0] * 21
+    assert PROTOCOLS["crw"].references(10) == [0] + list(range(9, 0, -1)) + [0] * 11
+    assert PROTOCOLS["crw"].references(25) == [0] + list(range(24, 4, -1))
+    crw = get_protocol("crw", pad_first=False)  # the option without the padding
     assert crw.references(1) == [0]
     assert crw.references(25) == [0] + list(range(24, 4, -1))
     assert crw.references(10) == [0] + list(range(9, 0, -1))  # frame 0 once

@@ -167,8 +167,8 @@ class Propagator:
             return out[0]
         if proto.kind == "crw":
             if global_first:
-                return crw_topk_step(q, ref_feats[0], ref_labels[0], ref_feats[1:], ref_labels[1:], proto.radius, proto.topk, proto.scale, proto.window)
-            return crw_topk_step(q, None, None, ref_feats, ref_labels, proto.radius, proto.topk, proto.scale, proto.window)
+                return crw_topk_step(q, ref_feats[0], ref_labels[0], ref_feats[1:], ref_labels[1:], proto.radius, proto.topk, proto.scale, proto.window, proto.strict)
+            return crw_topk_step(q, None, None, ref_feats, ref_labels, proto.radius, proto.topk, proto.scale, proto.window, proto.strict)
         raise ValueError(f"unknown protocol kind {proto.kind!r}")
 
 
@@ -188,6 +188,7 @@ def crw_topk_step(
     topk: int,
     scale: float,
     window: str = "circle",
+    strict: bool = False,
 ) -> torch.Tensor:
     """Exact joint top-k attention over a global reference and local windows in other references.
 
@@ -204,6 +205,10 @@ def crw_topk_step(
         q: (D, h, w) query features. first: (D, h, w) or None; first_labels (K, h, w).
         local_feats / local_labels: lists of (D, h, w) / (K, h, w) (may be empty).
         radius, window: the local window (boundary "mask": positions outside the image are excluded).
+        strict: leave out the window's offsets at exactly `radius` (dy^2 + dx^2 = radius^2 for a
+            circle, max(|dy|, |dx|) = radius for a square): videowalk's mask is D < radius. The
+            local search then keeps topk + (excluded offsets) x T candidates where needed, so
+            the result stays exact.
     Returns:
         (K, h, w). Memory: O(h w k (D + K)) beyond the kernels' own O(h w k).
     """
@@ -226,13 +231,26 @@ def crw_topk_step(
         T = k.shape[0]
         offsets = torch.tensor(window_offsets(radius, window), device=q.device) - radius  # (P, 2) (dy, dx)
         P = offsets.shape[0]
-        _, idx = densecorr.local_attention(q[None], k[None], v[None], radius, scale=float(scale), boundary="mask", window=window,
-                                           topk=min(topk, T * P), return_indices=True)
-        idx = idx[0].reshape(N, -1)  # (N, k) window positions t * P + p
-        ref, pos = idx // P, idx % P
-        yy = torch.arange(h, device=q.device).repeat_interleave(w)[:, None] + offsets[pos, 0]
-        xx = torch.arange(w, device=q.device).repeat(h)[:, None] + offsets[pos, 1]
-        valid = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)  # only short windows could pick these
+        edge = offsets.abs().amax(1) if window == "square" else offsets.square().sum(1)
+        excluded = (edge == (radius if window == "square" else radius * radius)) if strict else torch.zeros(P, dtype=torch.bool, device=q.device)
+        n_excluded = int(excluded.sum())
+
+        def candidates(m):
+            _, idx = densecorr.local_attention(q[None], k[None], v[None], radius, scale=float(scale), boundary="mask", window=window,
+                                               topk=m, return_indices=True)
+            idx = idx[0].reshape(N, -1)  # (N, m) window positions t * P + p
+            ref, pos = idx // P, idx % P
+            yy = torch.arange(h, device=q.device).repeat_interleave(w)[:, None] + offsets[pos, 0]
+            xx = torch.arange(w, device=q.device).repeat(h)[:, None] + offsets[pos, 1]
+            valid = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w) & ~excluded[pos]  # outside: only short windows pick these
+            return ref, pos, yy, xx, valid
+
+        m = min(topk + (min(n_excluded, 4) if n_excluded else 0), T * P)
+        ref, pos, yy, xx, valid = candidates(m)
+        full = min(topk + n_excluded * T, T * P)
+        if n_excluded and m < full and bool((valid.sum(1) < topk).any()):
+            # some query lost candidates to excluded offsets: topk + every excluded one is exact
+            ref, pos, yy, xx, valid = candidates(full)
         pix = yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)
         # gather the candidates' keys and labels straight from (T, D, h*w): no transposed copy
         kf = k.flatten(2)[ref, :, pix]  # (N, k, D)

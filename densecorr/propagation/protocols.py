@@ -2,11 +2,16 @@
 
 | protocol | references | affinity | labels fed back |
 |---|---|---|---|
-| crw | frame 0 (global) + the 20 previous frames (circle window, radius 12) | top-10 jointly over all, s = 20 | soft |
+| crw | frame 0 (global) + the 20 previous frames t-20..t-1, clamped to frame 0 (strict circle window, dy^2 + dx^2 < 144) | top-10 jointly over all, s = 20 | soft |
 | mast | frames {0, 5} + {t-1, t-3, t-5}, local windows radius 12 (stride 4) | one joint softmax | hard |
 | uvc, cycletime | frame 0 + the 7 previous frames, global | top-5 jointly over all | soft |
 | corrflow | the previous frame, local window radius 6 | softmax | hard |
 | dino | frame 0 + the 7 previous frames (never frame 0 twice), square window radius 12 on every reference | top-5 jointly over all, s = 10 | soft |
+
+crw = ajabri/videowalk `code/test.py` with its README settings: the video is padded with 20
+copies of frame 0 (so for t <= 20 frame 0 is a local reference 21 - t times as well as the
+global one; `pad_first=False` takes it once), the circle is strict (`strict=False`: <= 144),
+first labels are the one-hot mask resized bilinearly without antialiasing (cv2 INTER_LINEAR).
 
 dino = facebookresearch/dino `eval_video_segmentation.py` (n_last_frames 7,
 size_mask_neighborhood 12, topk 5, temperature 0.1): first labels by PIL NEAREST of the id
@@ -45,7 +50,11 @@ class Protocol:
             "area" average, "bilinear" (cv2 INTER_LINEAR), "nearest" (PIL NEAREST)).
         output: how grid labels become the output mask (labels.OUTPUT_RULES: "bilinear" to the
             frame size then argmax; "minmax": x stride, per-channel min-max, argmax, nearest).
-        features: "l2" (L2-normalised: cosine similarity) or "raw" (plain dot products). A model
+        features: "l2" (L2-normalised: cosine similarity) or "raw" (plain dot products).
+        pad_first: (crw) the short-term references t - d are clamped to frame 0 instead of
+            dropped, so frame 0 is also a local reference 21 - t times for t <= 20 (videowalk
+            pads the video with copies of frame 0). False: frame 0 only once, as the global one.
+        strict: (crw) the window excludes offsets at exactly the radius (videowalk: D < radius). A model
             that declares `similarity = "euclidean"` (the Lab baseline) is compared by distance
             under every protocol (densecorr.propagation.propagator).
     """
@@ -63,13 +72,18 @@ class Protocol:
     features: str = "l2"
     first: str = "area"
     output: str = "bilinear"
+    pad_first: bool = False
+    strict: bool = False
 
     @property
     def scale(self) -> float:
         return 1.0 / self.temperature
 
     def references(self, t: int) -> list[int]:
-        """The reference frames for frame t (> 0), long-term first, without duplicates."""
+        """The reference frames for frame t (> 0), long-term first, without duplicates (with
+        `pad_first`: the short-term ones t - d clamped to 0, duplicates kept)."""
+        if self.pad_first:
+            return [i for i in self.long_term if i < t] + [max(0, t - d) for d in self.previous]
         refs = [i for i in self.long_term if i < t]
         refs += [t - d for d in self.previous if t - d >= 0 and t - d not in refs]
         return refs
@@ -81,7 +95,8 @@ class Protocol:
 
 
 PROTOCOLS = {
-    "crw": Protocol("crw", "crw", (0,), tuple(range(1, 21)), radius=12, window="circle", topk=10, feedback="soft", stride=8),
+    "crw": Protocol("crw", "crw", (0,), tuple(range(1, 21)), radius=12, window="circle", topk=10, feedback="soft", stride=8,
+                    first="bilinear", pad_first=True, strict=True),
     "mast": Protocol("mast", "local", (0, 5), (1, 3, 5), radius=12, window="square", feedback="hard", stride=4),
     "uvc": Protocol("uvc", "global", (0,), tuple(range(1, 8)), topk=5, feedback="soft", stride=8),
     "cycletime": Protocol("cycletime", "global", (0,), tuple(range(1, 8)), topk=5, feedback="soft", stride=8),
