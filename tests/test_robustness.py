@@ -170,11 +170,6 @@ def test_boundary_mask_in_integers_reference():
 
 
 @pytest.mark.skipif(not HAS_CPU, reason="no cpu kernels")
-@pytest.mark.xfail(strict=False, reason=(
-    "C++ bug: csrc/cpu/local_kernels.h:166,217-222 (Strips::lanepos, Strips::mask_cols, boundary 'mask') "
-    "computes key columns in the kernel's float type (lanepos + T(s * L) compared with T(W)); float32 is "
-    "inexact beyond 2**24, so the last columns are masked wrongly and the last pixel is NaN. Fixed with "
-    "integer lanes in the kernel helper's stable-ABI port: remove this marker once that build is in use."))
 def test_boundary_mask_in_integers_cpu():
     _check_wide_row("cpu")
 
