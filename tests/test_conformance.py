@@ -136,7 +136,7 @@ MASK_REASONS["uvc"] += "; and UVC min-max normalises each upsampled channel befo
 
 
 # protocols that conform (their xfail marks removed)
-CONFORMING = {"dino", "crw"}
+CONFORMING = {"dino", "crw", "uvc"}
 
 
 def xfail(reason: str, missing: bool = False):

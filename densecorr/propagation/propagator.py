@@ -169,6 +169,8 @@ class Propagator:
             if global_first:
                 return crw_topk_step(q, ref_feats[0], ref_labels[0], ref_feats[1:], ref_labels[1:], proto.radius, proto.topk, proto.scale, proto.window, proto.strict)
             return crw_topk_step(q, None, None, ref_feats, ref_labels, proto.radius, proto.topk, proto.scale, proto.window, proto.strict)
+        if proto.kind == "average":
+            return per_reference_topk(q, ref_feats, ref_labels, proto.topk, proto.scale)
         raise ValueError(f"unknown protocol kind {proto.kind!r}")
 
 
@@ -267,6 +269,33 @@ def crw_topk_step(
     return out.T.reshape(-1, h, w)
 
 
+def per_reference_topk(q: torch.Tensor, ref_feats: Sequence[torch.Tensor], ref_labels: Sequence[torch.Tensor], topk: int, scale: float,
+                       chunk: int = 1024) -> torch.Tensor:
+    """UVC's rule: each reference on its own, softmax over all its positions of scale * q . k,
+    only the topk largest weights kept and NOT renormalised; the references' results averaged.
+
+    out_j = mean_r sum_{i in topk_r(j)} exp(l_ji - logsumexp_i' l_ji') v_i
+
+    Exact, in memory O(chunk x h w) per reference (queries in chunks of `chunk`: never the
+    (hw) x (hw) matrix).
+    Args: q (D, h, w); ref_feats, ref_labels: lists of (D, h, w) / (K, h, w). Returns (K, h, w).
+    """
+    D, h, w = q.shape
+    N = h * w
+    qt = q.flatten(1).T  # (N, D)
+    out = torch.zeros(N, ref_labels[0].shape[0], dtype=torch.float32, device=q.device)
+    for k, v in zip(ref_feats, ref_labels):
+        kf, vt = k.flatten(1), v.flatten(1).T  # (D, M), (M, K)
+        m = min(topk, kf.shape[1])
+        for s0 in range(0, N, chunk):
+            logits = scale * (qt[s0 : s0 + chunk] @ kf)  # (n, M)
+            lse = torch.logsumexp(logits, 1, keepdim=True)
+            top, idx = logits.topk(m, dim=1)
+            out[s0 : s0 + chunk] += torch.einsum("nk,nkc->nc", torch.exp(top - lse), vt[idx])
+    out /= len(ref_feats)
+    return out.T.reshape(-1, h, w)
+
+
 def propagate_mask(
     propagator: Propagator,
     frames: Iterable[np.ndarray],
@@ -339,4 +368,4 @@ def _progress(desc: str | None, total: int | None):
     return tqdm(total=total, desc=desc, unit="frame", leave=False, dynamic_ncols=True)
 
 
-__all__ = ["working_size", "Propagator", "crw_topk_step", "propagate_mask", "propagate_keypoints"]
+__all__ = ["working_size", "Propagator", "crw_topk_step", "per_reference_topk", "propagate_mask", "propagate_keypoints"]

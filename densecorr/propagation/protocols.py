@@ -4,7 +4,8 @@
 |---|---|---|---|
 | crw | frame 0 (global) + the 20 previous frames t-20..t-1, clamped to frame 0 (strict circle window, dy^2 + dx^2 < 144) | top-10 jointly over all, s = 20 | soft |
 | mast | frames {0, 5} + {t-1, t-3, t-5}, local windows radius 12 (stride 4) | one joint softmax | hard |
-| uvc, cycletime | frame 0 + the 7 previous frames, global | top-5 jointly over all | soft |
+| uvc | frame 0 + the 7 previous frames, global, each reference on its own | top-5 of each reference's softmax (not renormalised), averaged; raw features, s = 1 | soft |
+| cycletime | frame 0 + the 7 previous frames, global | top-5 jointly over all | soft |
 | corrflow | the previous frame, local window radius 6 | softmax | hard |
 | dino | frame 0 + the 7 previous frames (never frame 0 twice), square window radius 12 on every reference | top-5 jointly over all, s = 10 | soft |
 
@@ -12,6 +13,10 @@ crw = ajabri/videowalk `code/test.py` with its README settings: the video is pad
 copies of frame 0 (so for t <= 20 frame 0 is a local reference 21 - t times as well as the
 global one; `pad_first=False` takes it once), the circle is strict (`strict=False`: <= 144),
 first labels are the one-hot mask resized bilinearly without antialiasing (cv2 INTER_LINEAR).
+
+uvc = Liusifei/UVC `test.py` (pre_num 7, topk 5, temp 1): raw features, each reference's own
+softmax, its top-5 weights kept as they are, the 1 + len(queue) results averaged and fed back;
+first labels by PIL NEAREST, output x stride, min-max, argmax, nearest (kind "average").
 
 dino = facebookresearch/dino `eval_video_segmentation.py` (n_last_frames 7,
 size_mask_neighborhood 12, topk 5, temperature 0.1): first labels by PIL NEAREST of the id
@@ -38,7 +43,8 @@ class Protocol:
     """One evaluation protocol (see the module docstring's table).
 
     Attributes:
-        kind: "crw" (global first frame + local windows, joint top-k), "global" or "local".
+        kind: "crw" (global first frame + local windows, joint top-k), "global", "local" or
+            "average" (UVC: each reference's own top-k softmax, averaged).
         long_term: fixed reference frames (e.g. (0, 5) for MAST) kept once they exist.
         previous: offsets d of the short-term references t - d.
         radius, window: local window (feature cells) for "local" and "crw".
@@ -98,7 +104,8 @@ PROTOCOLS = {
     "crw": Protocol("crw", "crw", (0,), tuple(range(1, 21)), radius=12, window="circle", topk=10, feedback="soft", stride=8,
                     first="bilinear", pad_first=True, strict=True),
     "mast": Protocol("mast", "local", (0, 5), (1, 3, 5), radius=12, window="square", feedback="hard", stride=4),
-    "uvc": Protocol("uvc", "global", (0,), tuple(range(1, 8)), topk=5, feedback="soft", stride=8),
+    "uvc": Protocol("uvc", "average", (0,), tuple(range(1, 8)), topk=5, temperature=1.0, feedback="soft", stride=8,
+                    features="raw", first="nearest", output="minmax"),
     "cycletime": Protocol("cycletime", "global", (0,), tuple(range(1, 8)), topk=5, feedback="soft", stride=8),
     "corrflow": Protocol("corrflow", "local", (), (1,), radius=6, window="square", feedback="hard", stride=4),
     "dino": Protocol("dino", "local", (0,), tuple(range(1, 8)), radius=12, window="square", topk=5, temperature=0.1,
