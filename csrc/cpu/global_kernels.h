@@ -89,7 +89,7 @@ void global_fwd_topk(const T* q, const T* kpk, const T* v, int64_t vstride, T* o
   constexpr int W = Vec<T>::W;
   const int64_t nqb = ceil_div(N, kBQ);
   parallel_for(0, B * nqb, grain_for(kBQ * M * (D + C)), [&](int64_t begin, int64_t end) {
-    std::vector<T> S(kBQ * kBK), p(topk), acc(C), Qs(kBQ * D);
+    std::vector<T> S(kBQ * kBK), p(topk), acc(C), Qs(kBQ * D), rmax(kBQ * W);
     std::vector<Cand<T>> cands(kBQ * 2 * topk);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nqb, i0 = (task % nqb) * kBQ, bq = std::min(kBQ, N - i0);
@@ -100,10 +100,13 @@ void global_fwd_topk(const T* q, const T* kpk, const T* v, int64_t vstride, T* o
       for (int64_t i = 0; i < bq; ++i) tops.emplace_back(cands.data() + i * 2 * topk, topk);
       for (int64_t j0 = 0; j0 < M; j0 += kBK) {
         const int64_t nb = std::min(kBK, M - j0), nbp = round_up(nb, 2 * W);
-        gemm_packed_ab<T>(bq, nbp, D, Qs.data(), kpb + j0 * D, S.data(), kBK);
+        const bool full = nb == nbp;  // no padded keys: the fused row maxima are the block's
+        if (full) std::fill(rmax.begin(), rmax.end(), -std::numeric_limits<T>::infinity());
+        gemm_packed_ab<T>(bq, nbp, D, Qs.data(), kpb + j0 * D, S.data(), kBK, full ? rmax.data() : nullptr);
         for (int64_t i = 0; i < bq; ++i) {
           T* row = S.data() + i * kBK;
           TopK<T>& top = tops[i];
+          if (full && top.cut && !(hmax(vload(rmax.data() + i * W)) > top.thresh)) continue;  // none can enter
           int64_t j = 0;
           if (top.cut) {  // skip, a vector at a time, the logits that cannot enter
             const V<T> th = vsplat(top.thresh);
