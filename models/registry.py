@@ -11,6 +11,7 @@ Configs are dataclasses (one per model) holding plain values, so they round-trip
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable
 
 import torch
@@ -198,8 +199,10 @@ def load(spec: str = "default", device: str | torch.device = "cpu", log: Callabl
     Args:
         spec: "default" (the trained checkpoint shipped in the package,
             densecorr/assets/default.pt; "lab" with a note while it does not exist), "lab" (the
-            Lab-pixel baseline, `LabEmbedding`), a name registered here (randomly initialised,
-            with a note), or the path of a model checkpoint (densecorr.checkpoint's format;
+            Lab-pixel baseline, `LabEmbedding`), a name registered here (that method's trained
+            checkpoint shipped in the package, densecorr/assets/checkpoints/NAME.pt; `shipped_checkpoint`),
+            "NAME:init" (the same network randomly initialised, as training initialises it: see
+            `init_model`), or the path of a model checkpoint (densecorr.checkpoint's format;
             training checkpoints are model checkpoints too).
         device: where the model goes.
         log: where notes go.
@@ -209,7 +212,8 @@ def load(spec: str = "default", device: str | torch.device = "cpu", log: Callabl
     Raises:
         densecorr.checkpoint.CheckpointError: a checkpoint that is missing, unreadable, has the
             wrong keys, a bad config or weights that do not fit its model.
-        densecorr.data.io.DataError: an unknown name.
+        densecorr.data.io.DataError: an unknown name, or a registered method with no shipped
+            checkpoint (the message names "NAME:init" and the train command).
     """
     import os
 
@@ -233,14 +237,51 @@ def load(spec: str = "default", device: str | torch.device = "cpu", log: Callabl
         return model.to(device).eval(), f"lab (stride {model.stride})"
     if os.path.exists(spec) or spec.endswith((".pt", ".pth", ".ckpt")) or os.sep in spec:
         return from_checkpoint(spec, device)
-    if spec not in _REGISTRY:
-        known = ", ".join(["default", "lab"] + list_models())
+    name, _, variant = spec.partition(":")
+    if name not in _REGISTRY or variant not in ("", "init"):
+        known = ", ".join(["default", "lab"] + list_models() + [f"{n}:init" for n in list_models()])
         raise DataError(f"unknown model {spec!r}: not a file and not a registered model (known: {known})")
-    model = create(spec)
+    if variant == "":
+        path = shipped_checkpoint(name)
+        if not os.path.isfile(path):
+            raise DataError(f"no trained checkpoint of {name!r} is shipped ({path}); use '{name}:init' for a random init, "
+                            f"or train one: densecorr train --model {name} --preset cpu, then --model RUN/model.pt")
+        model, _ = from_checkpoint(path, device)
+        return model, f"{name} (trained, {os.path.basename(path)})"
+    model = init_model(name)
     if not hasattr(model, "embed") or not hasattr(model, "stride"):
         raise DataError(f"model {spec!r} has no embed()/stride, so it cannot propagate labels")
-    log(f"note: model {spec!r} is randomly initialised (no checkpoint given)")
-    return model.to(device).eval(), f"{spec} (random init)"
+    log(f"note: model {name!r} is randomly initialised ('{spec}')")
+    return model.to(device).eval(), f"{name} (random init)"
+
+
+def shipped_checkpoint(name: str) -> str:
+    """Path of registered method `name`'s trained checkpoint in the package,
+    densecorr/assets/checkpoints/NAME.pt (it may not exist; `load(name)` says so)."""
+    from densecorr.checkpoint import ASSETS
+
+    return os.path.join(ASSETS, "checkpoints", f"{name}.pt")
+
+
+def init_model(name: str) -> CorrespondenceModel:
+    """Method `name`'s network as its shipped checkpoint was before training: the checkpoint's
+    model config (the CPU preset's while none is shipped), initialised exactly as
+    `densecorr train` initialises it (torch seeded with mix_seed(seed, "init") first, seed the
+    run's). The global torch RNG state is left as it was."""
+    from densecorr.checkpoint import read_model
+    from densecorr.training import mix_seed, preset
+
+    path = shipped_checkpoint(name)
+    if os.path.isfile(path):
+        ckpt = read_model(path)
+        config = dict(ckpt["config"])
+        seed = ((ckpt.get("trained") or {}).get("train_config") or {}).get("seed", 0)
+    else:
+        cfg = preset(name, "cpu")
+        config, seed = dict(cfg.model_config), cfg.seed
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(mix_seed(seed, "init") % 2**63)
+        return create(name, config)
 
 
 def from_checkpoint(path: str, device: str | torch.device = "cpu"):

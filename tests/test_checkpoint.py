@@ -78,7 +78,7 @@ def test_load_refuses_bad_configs(tmp_path, ckpt, words):
 def test_load_specs(capsys):
     lab, desc = models.load("lab", stride=4)
     assert isinstance(lab, models.LabEmbedding) and lab.stride == 4 and desc == "lab (stride 4)"
-    net, desc = models.load("corrflow")
+    net, desc = models.load("corrflow:init")  # a bare name is its shipped trained checkpoint now (issue 13)
     assert desc == "corrflow (random init)" and "randomly initialised" in capsys.readouterr().out
     with pytest.raises(DataError, match="unknown model"):
         models.load("no-such-model")

@@ -60,7 +60,7 @@ def positive_float(text: str) -> float:
 def add_model_args(p: argparse.ArgumentParser, default_protocol: str = "crw") -> None:
     from densecorr.propagation import PROTOCOLS
 
-    p.add_argument("--model", default="default", help="'default' (the trained checkpoint shipped in the package; the default), 'lab' (Lab-pixel baseline), a model name registered in densecorr.models (random init), or a checkpoint path")
+    p.add_argument("--model", default="default", help="'default' (the trained checkpoint shipped in the package; the default), 'lab' (Lab-pixel baseline), a model name registered in densecorr.models (its trained checkpoint shipped in the package), NAME:init (that network randomly initialised), or a checkpoint path")
     p.add_argument("--protocol", default=default_protocol, help=f"label-propagation protocol: {', '.join(PROTOCOLS)} (default {default_protocol})")
     p.add_argument("--height", type=int_at_least(8), default=None, help="process frames at this height in pixels (>= 8; aspect kept) for speed; outputs and scores stay at the frames' size (default: native)")
     p.add_argument("--temperature", type=positive_float, default=None, help="softmax temperature (default: the protocol's, 0.05)")
