@@ -45,7 +45,7 @@ setup() {  # $1: the extras wanted ("" or "test")
     python -m pip install -q --disable-pip-version-check "$TORCH_SPEC" setuptools wheel ninja
     # The extension is compiled below (with progress), not by pip.
     DENSECORR_NO_EXTENSION=1 python -m pip install -q --disable-pip-version-check --no-build-isolation -e "$spec"
-    have_src=""  # recompile against what was just installed
+    [ "$deps" != "$have_deps" ] && have_src=""  # another torch or build set-up: recompile
   fi
   have_extras="$all"
   if [ "$src" != "$have_src" ]; then
