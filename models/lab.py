@@ -16,6 +16,8 @@ class LabEmbedding(torch.nn.Module):
 
     `similarity = "euclidean"`: colours are compared by their distance (lightness included), not
     by the cosine of their Lab vectors; the propagator honours it (densecorr.propagation).
+    `logit_scale = 20`: the logit scale under protocols on raw features (uvc, corrflow, mast),
+    whose own scale (1) suits only their models' feature magnitudes.
 
     embed(frames (B, 3, H, W) in [0, 1]) -> (B, 3, H // stride, W // stride).
     """
@@ -29,6 +31,9 @@ class LabEmbedding(torch.nn.Module):
         self.stride = int(stride)
 
     similarity = "euclidean"
+    # under raw-feature protocols (scale 1, tuned to their models' large feature norms) the
+    # colours' squared distances are scaled by 20, as the L2 protocols' temperature 0.05 does
+    logit_scale = 20.0
 
     def embed(self, frames: torch.Tensor) -> torch.Tensor:
         lab = normalise_lab(rgb_to_lab(frames))

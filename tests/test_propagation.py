@@ -182,7 +182,10 @@ def test_tracks_a_moving_square(protocol):
     assert [t for t, _, _ in results] == list(range(1, len(frames)))
     for t, frame, pred in results:
         assert pred.shape == masks[t].shape and set(np.unique(pred)) <= {0, 3}
-        assert iou(pred == 3, masks[t] == 3) > 0.9, (protocol, t)
+        # UVC's rule keeps each reference's top-5 softmax weights without renormalising them: under
+        # the Lab baseline's flat colour affinities the mass outside the top-5 is lost (measured
+        # 0.82-0.89 here, 0.92+ before uvc followed UVC's code)
+        assert iou(pred == 3, masks[t] == 3) > (0.8 if protocol == "uvc" else 0.9), (protocol, t)
     assert prop.timer > 0
 
 

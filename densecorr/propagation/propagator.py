@@ -10,6 +10,9 @@ included) or the protocol asks for raw features (`Protocol.features == "raw"`, p
 products). A Euclidean model's features x are stored as keys [x, |x|^2] and each query is
 [2x, -1], so that query . key = -|x_q - x_k|^2 + |x_q|^2: the negative squared distance up to a
 per-query constant, which every softmax (and every top-k) over the references ignores.
+Under a raw-feature protocol (uvc, corrflow, mast: the reference's own model at scale 1) a
+model is compared as it was trained when it says how: `logit_scale` (the Lab baseline: 20) or
+`config.normalise` / `config.scale` (densecorr's trackers); otherwise raw q . k at scale 1.
 
 Given the first frame's labels (one-hot masks or keypoint heat maps), each later frame's
 labels are predicted from a bounded memory of reference frames (densecorr.propagation.protocols;
@@ -69,6 +72,20 @@ class Propagator:
         if similarity not in ("cosine", "euclidean"):
             raise ValueError(f"model.similarity must be 'cosine' or 'euclidean', got {similarity!r}")
         self.similarity = similarity
+        self.normalise = self.protocol.features != "raw"
+        self.scale = self.protocol.scale
+        if self.protocol.features == "raw":
+            # A raw-feature protocol (UVC, CorrFlow, MAST: q . k at scale 1) uses its own model's
+            # similarity as trained; another model is compared as *it* was trained, when it says
+            # how: `logit_scale` (the Lab baseline), or config.normalise / config.scale (the
+            # densecorr trackers). A model that says nothing gets raw dot products at scale 1.
+            own = getattr(model, "logit_scale", None)
+            config = getattr(model, "config", None)
+            if own is not None:
+                self.scale = float(own)
+            elif config is not None and getattr(config, "scale", None) is not None:
+                self.scale = float(config.scale)
+                self.normalise = bool(getattr(config, "normalise", False))
         self.timer = 0.0
         self._warm = False
 
@@ -89,9 +106,7 @@ class Propagator:
         """Model features (D, h, w) -> the key form stored for reference frames."""
         if self.similarity == "euclidean":
             return torch.cat([feats, feats.square().sum(0, keepdim=True)])
-        if self.protocol.features == "raw":
-            return feats
-        return F.normalize(feats, dim=0)
+        return F.normalize(feats, dim=0) if self.normalise else feats
 
     def query(self, keys: torch.Tensor) -> torch.Tensor:
         """Key form (D', h, w) -> query form: itself, or [2x, -1] for a Euclidean model, so that
@@ -157,20 +172,20 @@ class Propagator:
             k = torch.stack(ref_feats).flatten(2).transpose(1, 2).reshape(1, -1, D)
             v = torch.stack(ref_labels).flatten(2).transpose(1, 2).reshape(1, k.shape[1], -1)
             topk = min(proto.topk, k.shape[1]) if proto.topk else None
-            out = densecorr.global_attention(q.flatten(1).T[None], k, v, scale=proto.scale, topk=topk)
+            out = densecorr.global_attention(q.flatten(1).T[None], k, v, scale=self.scale, topk=topk)
             return out[0].T.reshape(-1, h, w)
         if proto.kind == "local":
             k = torch.stack(ref_feats)[None]
             v = torch.stack(ref_labels)[None]
             topk = min(proto.topk, k.shape[1] * _window_size(proto.radius, proto.window)) if proto.topk else None
-            out = densecorr.local_attention(q[None], k, v, proto.radius, scale=proto.scale, window=proto.window, topk=topk)
+            out = densecorr.local_attention(q[None], k, v, proto.radius, scale=self.scale, window=proto.window, topk=topk)
             return out[0]
         if proto.kind == "crw":
             if global_first:
-                return crw_topk_step(q, ref_feats[0], ref_labels[0], ref_feats[1:], ref_labels[1:], proto.radius, proto.topk, proto.scale, proto.window, proto.strict)
-            return crw_topk_step(q, None, None, ref_feats, ref_labels, proto.radius, proto.topk, proto.scale, proto.window, proto.strict)
+                return crw_topk_step(q, ref_feats[0], ref_labels[0], ref_feats[1:], ref_labels[1:], proto.radius, proto.topk, self.scale, proto.window, proto.strict)
+            return crw_topk_step(q, None, None, ref_feats, ref_labels, proto.radius, proto.topk, self.scale, proto.window, proto.strict)
         if proto.kind == "average":
-            return per_reference_topk(q, ref_feats, ref_labels, proto.topk, proto.scale)
+            return per_reference_topk(q, ref_feats, ref_labels, proto.topk, self.scale)
         raise ValueError(f"unknown protocol kind {proto.kind!r}")
 
 
