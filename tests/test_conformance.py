@@ -136,7 +136,7 @@ MASK_REASONS["uvc"] += "; and UVC min-max normalises each upsampled channel befo
 
 
 # protocols that conform (their xfail marks removed)
-CONFORMING = {"dino", "crw", "uvc"}
+CONFORMING = {"dino", "crw", "uvc", "corrflow", "mast"}
 
 
 def xfail(reason: str, missing: bool = False):

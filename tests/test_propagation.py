@@ -184,8 +184,10 @@ def test_tracks_a_moving_square(protocol):
         assert pred.shape == masks[t].shape and set(np.unique(pred)) <= {0, 3}
         # UVC's rule keeps each reference's top-5 softmax weights without renormalising them: under
         # the Lab baseline's flat colour affinities the mass outside the top-5 is lost (measured
-        # 0.82-0.89 here, 0.92+ before uvc followed UVC's code)
-        assert iou(pred == 3, masks[t] == 3) > (0.8 if protocol == "uvc" else 0.9), (protocol, t)
+        # 0.82-0.89 here, 0.92+ before uvc followed UVC's code). MAST's zero-padded windows (logit
+        # 0, label 0: for Lab a black-ish colour) and its labels subsampled at each cell's corner
+        # erode the square (measured 0.82-0.93; 0.93+ with the grid feedback it had before).
+        assert iou(pred == 3, masks[t] == 3) > (0.8 if protocol in ("uvc", "mast") else 0.9), (protocol, t)
     assert prop.timer > 0
 
 

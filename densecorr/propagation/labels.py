@@ -60,7 +60,7 @@ def upsample(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(labels[None].float(), size=size, mode="bilinear", align_corners=False)[0]
 
 
-FIRST_RULES = ("area", "bilinear", "nearest")
+FIRST_RULES = ("area", "bilinear", "nearest", "ids_bilinear", "subsample")
 OUTPUT_RULES = ("bilinear", "minmax")
 
 
@@ -80,6 +80,11 @@ def first_grid_labels(mask: np.ndarray, ids: Sequence[int], grid: tuple[int, int
             INTER_LINEAR, videowalk and TimeCycle).
         "nearest": the id at pixel floor((x + 0.5) * W / w) of each cell, one-hot (PIL NEAREST,
             DINO and UVC).
+        "subsample": the id at the top-left pixel floor(x * W / w) of each cell, one-hot (MAST's
+            `[::4, ::4]`).
+        "ids_bilinear": the channel numbers (0 background, c for ids[c - 1]) interpolated
+            bilinearly *as numbers*, truncated, one-hot (CorrFlow's `prep`: between objects 1 and
+            3 this yields object 2; DAVIS ids 1..K are their own channel numbers).
     """
     if rule == "area":
         return to_grid(one_hot(mask, ids), grid)
@@ -89,6 +94,19 @@ def first_grid_labels(mask: np.ndarray, ids: Sequence[int], grid: tuple[int, int
         m = np.asarray(mask)
         small = m[nearest_index(m.shape[0], grid[0]).numpy()][:, nearest_index(m.shape[1], grid[1]).numpy()]
         return one_hot(small, ids)
+    if rule == "subsample":
+        m = np.asarray(mask)
+        rows = (np.arange(grid[0]) * m.shape[0]) // grid[0]
+        cols = (np.arange(grid[1]) * m.shape[1]) // grid[1]
+        return one_hot(m[rows][:, cols], ids)
+    if rule == "ids_bilinear":
+        m = np.asarray(mask).astype(np.int64, copy=False)
+        index = np.zeros(m.shape, np.float64)  # channel numbers: 0 background, c for ids[c - 1]
+        for c, i in enumerate(ids, start=1):
+            index[m == i] = c
+        small = F.interpolate(torch.from_numpy(index)[None, None], size=grid, mode="bilinear", align_corners=False)[0, 0]
+        channels = small.long().clamp_(0, len(ids))  # truncated, as CorrFlow's .long()
+        return F.one_hot(channels, len(ids) + 1).permute(2, 0, 1).float()
     raise DataError(f"unknown first-label rule {rule!r}; choose one of {', '.join(FIRST_RULES)}")
 
 

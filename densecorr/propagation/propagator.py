@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 import densecorr
 from densecorr.data.io import DataError
-from densecorr.propagation.labels import check_first_mask, first_grid_labels, heatmap_peaks, heatmaps, labels_to_mask
+from densecorr.propagation.labels import check_first_mask, first_grid_labels, heatmap_peaks, heatmaps, labels_to_mask, upsample
 from densecorr.propagation.protocols import Protocol, get_protocol
 
 
@@ -154,6 +154,11 @@ class Propagator:
             pred = self.step(self.query(q), [feats[i] for i in refs], [labels[i] for i in refs], global_first=(refs[0] == 0))
             if proto.feedback == "hard" and not keypoints:
                 fed = F.one_hot(pred.argmax(0), pred.shape[0]).permute(2, 0, 1).float()
+            elif proto.feedback == "hard_full" and not keypoints:
+                # the argmax at full (working) resolution, brought back by the first-label rule
+                h, w = pred.shape[-2:]
+                full = upsample(pred, (h * self.stride, w * self.stride)).argmax(0)
+                fed = first_grid_labels(full.cpu().numpy(), list(range(1, pred.shape[0])), (h, w), proto.first).to(pred.device)
             else:
                 fed = pred
             feats[t], labels[t] = q, fed
@@ -178,7 +183,7 @@ class Propagator:
             k = torch.stack(ref_feats)[None]
             v = torch.stack(ref_labels)[None]
             topk = min(proto.topk, k.shape[1] * _window_size(proto.radius, proto.window)) if proto.topk else None
-            out = densecorr.local_attention(q[None], k, v, proto.radius, scale=self.scale, window=proto.window, topk=topk)
+            out = densecorr.local_attention(q[None], k, v, proto.radius, scale=self.scale, boundary=proto.boundary, window=proto.window, topk=topk)
             return out[0]
         if proto.kind == "crw":
             if global_first:

@@ -3,10 +3,10 @@
 | protocol | references | affinity | labels fed back |
 |---|---|---|---|
 | crw | frame 0 (global) + the 20 previous frames t-20..t-1, clamped to frame 0 (strict circle window, dy^2 + dx^2 < 144) | top-10 jointly over all, s = 20 | soft |
-| mast | frames {0, 5} + {t-1, t-3, t-5}, local windows radius 12 (stride 4) | one joint softmax | hard |
+| mast | frames {0, 5} + {t-1, t-3, t-5}, square windows radius 12 (stride 4), outside positions logit 0 / label 0, raw features, s = 1 | one joint softmax | hard, at full resolution |
 | uvc | frame 0 + the 7 previous frames, global, each reference on its own | top-5 of each reference's softmax (not renormalised), averaged; raw features, s = 1 | soft |
 | cycletime | frame 0 + the 7 previous frames, global | top-5 jointly over all | soft |
-| corrflow | the previous frame, local window radius 6 | softmax | hard |
+| corrflow | the previous frame, square window radius 6, raw features, s = 1 | softmax | hard, at full resolution |
 | dino | frame 0 + the 7 previous frames (never frame 0 twice), square window radius 12 on every reference | top-5 jointly over all, s = 10 | soft |
 
 crw = ajabri/videowalk `code/test.py` with its README settings: the video is padded with 20
@@ -17,6 +17,18 @@ first labels are the one-hot mask resized bilinearly without antialiasing (cv2 I
 uvc = Liusifei/UVC `test.py` (pre_num 7, topk 5, temp 1): raw features, each reference's own
 softmax, its top-5 weights kept as they are, the 1 + len(queue) results averaged and fed back;
 first labels by PIL NEAREST, output x stride, min-max, argmax, nearest (kind "average").
+
+corrflow = zlai0/CorrFlow `benchmark.py` / `models/colorizer.py`: raw features at scale 1, window
+positions outside the image excluded, labels (first and fed back) as CorrFlow's `prep`: the id
+mask at full resolution interpolated bilinearly as numbers and truncated ("ids_bilinear"); fed
+back hard at full resolution. Not reproduced: its crop of frames to multiples of 8 and the
+3-column shift of its saved masks (benchmark.py:107-118).
+
+mast = zlai0/MAST `benchmark.py` / `models/colorizer.py` for its short-term memory: raw features
+at scale 1, boundary "zero", first and fed-back labels subsampled at each cell's top-left pixel,
+fed back hard at full resolution. NOT yet its long-term memory (ROI localisation for references
+with t - x > 15, which needs a per-query window-offset op): from t = 16 on frame 0 (and from
+t = 21 frame 5) is searched in the plain radius-12 window.
 
 dino = facebookresearch/dino `eval_video_segmentation.py` (n_last_frames 7,
 size_mask_neighborhood 12, topk 5, temperature 0.1): first labels by PIL NEAREST of the id
@@ -50,7 +62,9 @@ class Protocol:
         radius, window: local window (feature cells) for "local" and "crw".
         topk: keep only the top-k logits (None: all).
         temperature: softmax temperature; the logit scale is 1 / temperature.
-        feedback: "soft" (predicted distributions become references) or "hard" (their argmax, one-hot).
+        feedback: "soft" (predicted distributions become references), "hard" (their argmax on
+            the grid, one-hot) or "hard_full" (the argmax of the labels upsampled bilinearly by
+            the stride, brought back to the grid by the `first` rule: CorrFlow, MAST).
         stride: feature stride used by the Lab baseline under this protocol (models have their own).
         first: how the first frame's id mask reaches the feature grid (labels.FIRST_RULES:
             "area" average, "bilinear" (cv2 INTER_LINEAR), "nearest" (PIL NEAREST)).
@@ -60,7 +74,9 @@ class Protocol:
         pad_first: (crw) the short-term references t - d are clamped to frame 0 instead of
             dropped, so frame 0 is also a local reference 21 - t times for t <= 20 (videowalk
             pads the video with copies of frame 0). False: frame 0 only once, as the global one.
-        strict: (crw) the window excludes offsets at exactly the radius (videowalk: D < radius). A model
+        strict: (crw) the window excludes offsets at exactly the radius (videowalk: D < radius).
+        boundary: (local) window positions outside the image: "mask" (excluded) or "zero"
+            (logit 0, label 0: MAST's zero-padded correlation). A model
             that declares `similarity = "euclidean"` (the Lab baseline) is compared by distance
             under every protocol (densecorr.propagation.propagator).
     """
@@ -80,6 +96,7 @@ class Protocol:
     output: str = "bilinear"
     pad_first: bool = False
     strict: bool = False
+    boundary: str = "mask"
 
     @property
     def scale(self) -> float:
@@ -103,11 +120,13 @@ class Protocol:
 PROTOCOLS = {
     "crw": Protocol("crw", "crw", (0,), tuple(range(1, 21)), radius=12, window="circle", topk=10, feedback="soft", stride=8,
                     first="bilinear", pad_first=True, strict=True),
-    "mast": Protocol("mast", "local", (0, 5), (1, 3, 5), radius=12, window="square", feedback="hard", stride=4),
+    "mast": Protocol("mast", "local", (0, 5), (1, 3, 5), radius=12, window="square", temperature=1.0, feedback="hard_full", stride=4,
+                     features="raw", first="subsample", boundary="zero"),
     "uvc": Protocol("uvc", "average", (0,), tuple(range(1, 8)), topk=5, temperature=1.0, feedback="soft", stride=8,
                     features="raw", first="nearest", output="minmax"),
     "cycletime": Protocol("cycletime", "global", (0,), tuple(range(1, 8)), topk=5, feedback="soft", stride=8),
-    "corrflow": Protocol("corrflow", "local", (), (1,), radius=6, window="square", feedback="hard", stride=4),
+    "corrflow": Protocol("corrflow", "local", (), (1,), radius=6, window="square", temperature=1.0, feedback="hard_full", stride=4,
+                         features="raw", first="ids_bilinear"),
     "dino": Protocol("dino", "local", (0,), tuple(range(1, 8)), radius=12, window="square", topk=5, temperature=0.1,
                      feedback="soft", stride=8, first="nearest", output="minmax"),
 }
