@@ -143,6 +143,9 @@ class Propagator:
                 if lab.shape[-2:] != q.shape[-2:]:
                     raise RuntimeError(f"first labels {tuple(lab.shape)} do not match the feature grid {tuple(q.shape[-2:])}")
                 feats[0], labels[0] = q, lab
+                if proto.predict_first:  # TimeCycle: frame 0 from its padded copies, min-max normalised
+                    n = len(proto.references(len(proto.previous) + 1))
+                    feats[-1], labels[-1] = q, _min_max(self.step(self.query(q), [q] * n, [lab] * n, global_first=True))
                 self.timer += time.perf_counter() - start
                 if not self._warm:
                     # The first call of an op pays one-time set-up (torch imports its compiler
@@ -154,6 +157,8 @@ class Propagator:
             pred = self.step(self.query(q), [feats[i] for i in refs], [labels[i] for i in refs], global_first=(refs[0] == 0))
             if proto.feedback == "hard" and not keypoints:
                 fed = F.one_hot(pred.argmax(0), pred.shape[0]).permute(2, 0, 1).float()
+            elif proto.feedback == "soft_minmax":
+                pred = fed = _min_max(pred)
             elif proto.feedback == "hard_full" and not keypoints:
                 # the argmax at full (working) resolution, brought back by the first-label rule
                 h, w = pred.shape[-2:]
@@ -192,6 +197,15 @@ class Propagator:
         if proto.kind == "average":
             return per_reference_topk(q, ref_feats, ref_labels, proto.topk, self.scale)
         raise ValueError(f"unknown protocol kind {proto.kind!r}")
+
+
+def _min_max(x: torch.Tensor) -> torch.Tensor:
+    """Each channel of (K, h, w) as (x - min) / max(x - min) over the frame (TimeCycle's feedback;
+    a constant channel becomes 0)."""
+    flat = x.flatten(1)
+    shifted = flat - flat.min(1, keepdim=True).values
+    top = shifted.max(1, keepdim=True).values
+    return torch.where(top > 0, shifted / top.clamp_min(torch.finfo(x.dtype).tiny), shifted).reshape(x.shape)
 
 
 def _window_size(radius: int, window: str) -> int:

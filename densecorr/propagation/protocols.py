@@ -5,7 +5,7 @@
 | crw | frame 0 (global) + the 20 previous frames t-20..t-1, clamped to frame 0 (strict circle window, dy^2 + dx^2 < 144) | top-10 jointly over all, s = 20 | soft |
 | mast | frames {0, 5} + {t-1, t-3, t-5}, square windows radius 12 (stride 4), outside positions logit 0 / label 0, raw features, s = 1 | one joint softmax | hard, at full resolution |
 | uvc | frame 0 + the 7 previous frames, global, each reference on its own | top-5 of each reference's softmax (not renormalised), averaged; raw features, s = 1 | soft |
-| cycletime | frame 0 + the 7 previous frames, global | top-5 jointly over all | soft |
+| cycletime | frame 0 + frames t-7..t-1, padded with copies of frame 0 (real frame 0 predicted too), global, each reference on its own | top-5 of each reference's softmax (not renormalised), summed / 8; s = sqrt(512) | soft, each channel min-max normalised |
 | corrflow | the previous frame, square window radius 6, raw features, s = 1 | softmax | hard, at full resolution |
 | dino | frame 0 + the 7 previous frames (never frame 0 twice), square window radius 12 on every reference | top-5 jointly over all, s = 10 | soft |
 
@@ -29,6 +29,14 @@ at scale 1, boundary "zero", first and fed-back labels subsampled at each cell's
 fed back hard at full resolution. NOT yet its long-term memory (ROI localisation for references
 with t - x > 15, which needs a per-query window-offset op): from t = 16 on frame 0 (and from
 t = 21 frame 5) is searched in the plain radius-12 window.
+
+cycletime = xiaolonw/TimeCycle `test_davis.py`: L2 features, scale sqrt(512), each reference's
+own softmax with its top-5 probabilities kept as they are, summed over the 8 references / 8;
+the context is padded with copies of frame 0 and real frame 0 is itself predicted from 8 copies
+(its prediction is the label of the short-term reference t - 7 = 0); every prediction is min-max
+normalised per channel ((x - min) / max(x - min)) and fed back so; first labels bilinear. Not
+reproduced: its 320x320 squashing of the frames and its label set (colours seen more than 10
+times, in order of first appearance).
 
 dino = facebookresearch/dino `eval_video_segmentation.py` (n_last_frames 7,
 size_mask_neighborhood 12, topk 5, temperature 0.1): first labels by PIL NEAREST of the id
@@ -62,7 +70,8 @@ class Protocol:
         radius, window: local window (feature cells) for "local" and "crw".
         topk: keep only the top-k logits (None: all).
         temperature: softmax temperature; the logit scale is 1 / temperature.
-        feedback: "soft" (predicted distributions become references), "hard" (their argmax on
+        feedback: "soft" (predicted distributions become references), "soft_minmax" (each channel
+            min-max normalised over the frame, yielded and fed back: TimeCycle), "hard" (their argmax on
             the grid, one-hot) or "hard_full" (the argmax of the labels upsampled bilinearly by
             the stride, brought back to the grid by the `first` rule: CorrFlow, MAST).
         stride: feature stride used by the Lab baseline under this protocol (models have their own).
@@ -76,7 +85,10 @@ class Protocol:
             pads the video with copies of frame 0). False: frame 0 only once, as the global one.
         strict: (crw) the window excludes offsets at exactly the radius (videowalk: D < radius).
         boundary: (local) window positions outside the image: "mask" (excluded) or "zero"
-            (logit 0, label 0: MAST's zero-padded correlation). A model
+            (logit 0, label 0: MAST's zero-padded correlation).
+        predict_first: (cycletime, with pad_first) frame 0 is itself predicted from its padded
+            copies, and a short-term reference t - d = 0 carries that prediction (reference id
+            -1) while the copies t - d < 0 and the long-term frame 0 carry the given labels. A model
             that declares `similarity = "euclidean"` (the Lab baseline) is compared by distance
             under every protocol (densecorr.propagation.propagator).
     """
@@ -97,6 +109,7 @@ class Protocol:
     pad_first: bool = False
     strict: bool = False
     boundary: str = "mask"
+    predict_first: bool = False
 
     @property
     def scale(self) -> float:
@@ -106,6 +119,8 @@ class Protocol:
         """The reference frames for frame t (> 0), long-term first, without duplicates (with
         `pad_first`: the short-term ones t - d clamped to 0, duplicates kept)."""
         if self.pad_first:
+            if self.predict_first:
+                return [i for i in self.long_term if i < t] + [t - d if t > d else (-1 if t == d else 0) for d in self.previous]
             return [i for i in self.long_term if i < t] + [max(0, t - d) for d in self.previous]
         refs = [i for i in self.long_term if i < t]
         refs += [t - d for d in self.previous if t - d >= 0 and t - d not in refs]
@@ -114,7 +129,8 @@ class Protocol:
     def keep_after(self, t: int) -> set[int]:
         """Frames (<= t) that a later frame may still use as a reference."""
         horizon = max(self.previous)
-        return {i for i in self.long_term if i <= t} | set(range(max(0, t + 1 - horizon), t + 1))
+        first = {-1} if self.predict_first and t + 1 <= horizon else set()
+        return {i for i in self.long_term if i <= t} | set(range(max(0, t + 1 - horizon), t + 1)) | first
 
 
 PROTOCOLS = {
@@ -124,7 +140,8 @@ PROTOCOLS = {
                      features="raw", first="subsample", boundary="zero"),
     "uvc": Protocol("uvc", "average", (0,), tuple(range(1, 8)), topk=5, temperature=1.0, feedback="soft", stride=8,
                     features="raw", first="nearest", output="minmax"),
-    "cycletime": Protocol("cycletime", "global", (0,), tuple(range(1, 8)), topk=5, feedback="soft", stride=8),
+    "cycletime": Protocol("cycletime", "average", (0,), tuple(range(1, 8)), topk=5, temperature=512 ** -0.5, feedback="soft_minmax", stride=8,
+                          first="bilinear", pad_first=True, predict_first=True),
     "corrflow": Protocol("corrflow", "local", (), (1,), radius=6, window="square", temperature=1.0, feedback="hard_full", stride=4,
                          features="raw", first="ids_bilinear"),
     "dino": Protocol("dino", "local", (0,), tuple(range(1, 8)), radius=12, window="square", topk=5, temperature=0.1,
