@@ -332,3 +332,24 @@ def test_lab_baseline_tells_greys_apart():
         prop = Propagator(LabEmbedding(4), get_protocol(name, radius=8) if name != "uvc" else name)
         (_, _, pred), = propagate_mask(prop, [f0, f1], mask)
         assert (pred == mask[:, ::-1]).mean() > 0.9, name
+
+
+def test_per_reference_topk_is_exact():
+    """UVC's rule (each reference's softmax, its top-k weights not renormalised, averaged) from
+    two streamed passes equals the dense computation."""
+    from densecorr.propagation import per_reference_topk
+
+    g = torch.Generator().manual_seed(4)
+    D, h, w, K = 5, 6, 7, 3
+    q = torch.randn(D, h, w, generator=g)
+    feats = [torch.randn(D, h, w, generator=g) for _ in range(3)]
+    labs = [torch.rand(K, h, w, generator=g) for _ in range(3)]
+    for topk, scale in [(4, 2.0), (h * w, 0.5)]:
+        expected = torch.zeros(K, h * w, dtype=torch.float64)
+        for k, v in zip(feats, labs):
+            p = torch.softmax(scale * q.flatten(1).T.double() @ k.flatten(1).double(), 1)  # (N, M)
+            kth = p.topk(topk, 1).values[:, -1:]
+            expected += v.flatten(1).double() @ torch.where(p >= kth, p, torch.zeros_like(p)).T
+        expected = (expected / 3).reshape(K, h, w)
+        got = per_reference_topk(q, feats, labs, topk, scale)
+        torch.testing.assert_close(got.double(), expected, atol=1e-6, rtol=1e-5)

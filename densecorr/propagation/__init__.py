@@ -28,12 +28,12 @@ from densecorr.propagation.labels import (
     to_grid,
     upsample,
 )
-from densecorr.propagation.propagator import Propagator, crw_topk_step, propagate_keypoints, propagate_mask, working_size
+from densecorr.propagation.propagator import Propagator, crw_topk_step, per_reference_topk, propagate_keypoints, propagate_mask, working_size
 from densecorr.propagation.protocols import PROTOCOLS, Protocol, get_protocol
 from densecorr.system import peak_rss_mb
 
 __all__ = [
-    "Protocol", "PROTOCOLS", "get_protocol", "LabEmbedding", "load_model", "DEFAULT_CHECKPOINT", "Propagator", "crw_topk_step",
+    "Protocol", "PROTOCOLS", "get_protocol", "LabEmbedding", "load_model", "DEFAULT_CHECKPOINT", "Propagator", "crw_topk_step", "per_reference_topk",
     "propagate_mask", "propagate_keypoints", "check_first_mask", "first_grid_labels", "one_hot", "heatmaps", "to_grid", "upsample", "mask_dtype",
     "labels_to_mask", "heatmap_peaks", "working_size", "peak_rss_mb",
 ]

@@ -303,29 +303,45 @@ def crw_topk_step(
     return out.T.reshape(-1, h, w)
 
 
-def per_reference_topk(q: torch.Tensor, ref_feats: Sequence[torch.Tensor], ref_labels: Sequence[torch.Tensor], topk: int, scale: float,
-                       chunk: int = 1024) -> torch.Tensor:
-    """UVC's rule: each reference on its own, softmax over all its positions of scale * q . k,
-    only the topk largest weights kept and NOT renormalised; the references' results averaged.
+def per_reference_topk(q: torch.Tensor, ref_feats: Sequence[torch.Tensor], ref_labels: Sequence[torch.Tensor], topk: int, scale: float) -> torch.Tensor:
+    """UVC's and TimeCycle's rule: each reference on its own, softmax over all its positions of
+    scale * q . k, only the topk largest weights kept and NOT renormalised; the references'
+    results averaged.
 
     out_j = mean_r sum_{i in topk_r(j)} exp(l_ji - logsumexp_i' l_ji') v_i
 
-    Exact, in memory O(chunk x h w) per reference (queries in chunks of `chunk`: never the
-    (hw) x (hw) matrix).
-    Args: q (D, h, w); ref_feats, ref_labels: lists of (D, h, w) / (K, h, w). Returns (K, h, w).
+    Per reference, two streamed passes of global_attention, never the (hw) x (hw) matrix: the
+    top-k with its indices (their logits recomputed: lse_k = logsumexp of the kept logits), then
+    the kept fraction of the softmax mass r = Z_k / Z from a full softmax in which one extra key,
+    of logit lse_k for each query (an extra feature channel), carries the value 1:
+    o = e^lse_k / (Z + e^lse_k), r = o / (1 - o).
+    Args: q (D, h, w) (query form); ref_feats, ref_labels: lists of (D, h, w) / (K, h, w). Returns (K, h, w).
     """
     D, h, w = q.shape
     N = h * w
-    qt = q.flatten(1).T  # (N, D)
+    qt = q.flatten(1).T.contiguous()  # (N, D)
     out = torch.zeros(N, ref_labels[0].shape[0], dtype=torch.float32, device=q.device)
     for k, v in zip(ref_feats, ref_labels):
-        kf, vt = k.flatten(1), v.flatten(1).T  # (D, M), (M, K)
-        m = min(topk, kf.shape[1])
-        for s0 in range(0, N, chunk):
-            logits = scale * (qt[s0 : s0 + chunk] @ kf)  # (n, M)
-            lse = torch.logsumexp(logits, 1, keepdim=True)
-            top, idx = logits.topk(m, dim=1)
-            out[s0 : s0 + chunk] += torch.einsum("nk,nkc->nc", torch.exp(top - lse), vt[idx])
+        kt, vt = k.flatten(1).T.contiguous(), v.flatten(1).T.contiguous()  # (M, D), (M, K)
+        M = kt.shape[0]
+        m = min(topk, M)
+        _, idx = densecorr.global_attention(qt[None], kt[None], vt[None], scale=float(scale), topk=m, return_indices=True)
+        idx = idx[0]
+        top = scale * torch.einsum("nkd,nd->nk", kt[idx], qt)  # (N, m)
+        lse_k = torch.logsumexp(top, 1)
+        if m < M:
+            q2 = torch.cat([qt, (lse_k / scale)[:, None]], 1)
+            k2 = torch.zeros(M + 1, D + 1, dtype=kt.dtype, device=kt.device)
+            k2[:M, :D] = kt
+            k2[M, D] = 1
+            v2 = torch.zeros(M + 1, 1, dtype=vt.dtype, device=vt.device)
+            v2[M] = 1
+            o = densecorr.global_attention(q2[None], k2[None], v2[None], scale=float(scale))[0, :, 0].double()
+            kept = (o / (1 - o)).float()  # Z_k / Z
+        else:
+            kept = torch.ones(N, dtype=torch.float32, device=q.device)
+        weights = torch.softmax(top, 1) * kept[:, None]
+        out += torch.einsum("nk,nkc->nc", weights, vt[idx])
     out /= len(ref_feats)
     return out.T.reshape(-1, h, w)
 
