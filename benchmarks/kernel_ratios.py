@@ -1,7 +1,7 @@
 """The CPU-kernel speed goals of issue 14, measured side by side in one process.
 
-  python benchmarks/results/kernel_ratios.py [--repeats 5] [--out FILE.json]
-  DENSECORR_CPU_SIMD=avx2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/results/kernel_ratios.py  # AVX2 path
+  python benchmarks/kernel_ratios.py [--repeats 5] [--out FILE.json]
+  DENSECORR_CPU_SIMD=avx2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/kernel_ratios.py  # AVX2 path
 
 Cases (fp32, torch's threads): global forward N = M = 4096, D = 64, C = 3 against SDPA with V
 zero-padded to D, the naive bmm/softmax/bmm, and the FLOP/s of a 2048^3 torch.mm (flops of the
