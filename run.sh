@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-command set-up and run on a fresh machine (CPU is enough).
 #   ./run.sh eval    set up (the package only), then evaluate the default model on DAVIS
-#                    (mast protocol; the main job)
+#                    (dino protocol, the default; the main job)
 #   ./run.sh test    set up with the test tools, then run the test suite (pytest arguments pass through)
 #   ./run.sh setup   set up with the test tools only
 # Set-up: a virtual environment in .venv (override with DENSECORR_VENV), torch 2.13.0
@@ -75,7 +75,7 @@ case "${1:-}" in
   eval)
     setup ""
     shift
-    densecorr eval-davis --protocol mast --out outputs/davis "$@"
+    densecorr eval-davis --out outputs/davis "$@"
     ;;
   *)
     echo "usage: ./run.sh {eval|test|setup} [extra arguments]" >&2

@@ -57,7 +57,7 @@ def positive_float(text: str) -> float:
 # --------------------------------------------------------------------------- model arguments
 
 
-def add_model_args(p: argparse.ArgumentParser, default_protocol: str = "crw") -> None:
+def add_model_args(p: argparse.ArgumentParser, default_protocol: str = "dino") -> None:
     from densecorr.propagation import PROTOCOLS
 
     p.add_argument("--model", default="default", help="'default' (the trained checkpoint shipped in the package; the default), 'lab' (Lab-pixel baseline), a model name registered in densecorr.models (its trained checkpoint shipped in the package), NAME:init (that network randomly initialised), or a checkpoint path")

@@ -22,7 +22,7 @@ def add(sub) -> None:
     p.add_argument("--sequences", nargs="+", default=None, help="sequence names (default: every annotated sequence)")
     p.add_argument("--sigma", type=common.positive_float, default=1.0, help="heat-map standard deviation in feature cells (> 0; default 1)")
     p.add_argument("--out", default=None, help="folder for results.csv / results.json (default eval-keypoints-<model>-<protocol>)")
-    common.add_model_args(p)
+    common.add_model_args(p, default_protocol="crw")  # keypoint heat maps: crw (dino's rules are for id masks)
 
 
 def run(args) -> int:
