@@ -1,6 +1,6 @@
 """The `densecorr` command: one thin module per subcommand (parse, call the library, print).
 
-    densecorr track VIDEO_OR_FOLDER --mask FIRST.png [--out DIR] [--model default] [--protocol crw]
+    densecorr track VIDEO_OR_FOLDER --mask FIRST.png [--out DIR] [--model default] [--protocol dino]
     densecorr eval-davis [--root DAVIS_ROOT] [--sequences ...] [--model ...] [--protocol ...] [--out DIR]
     densecorr eval-keypoints [--root DAVIS_ROOT] [--sequences ...] [--model ...] [--protocol ...]
     densecorr train ...                  (densecorr.training's arguments)

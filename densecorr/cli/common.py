@@ -64,7 +64,7 @@ def add_model_args(p: argparse.ArgumentParser, default_protocol: str = "dino") -
     p.add_argument("--protocol", default=default_protocol, help=f"label-propagation protocol: {', '.join(PROTOCOLS)} (default {default_protocol})")
     p.add_argument("--height", type=int_at_least(8), default=None, help="process frames at this height in pixels (>= 8; aspect kept) for speed; outputs and scores stay at the frames' size (default: native)")
     p.add_argument("--temperature", type=positive_float, default=None, help="softmax temperature (default: the protocol's: crw 0.05, dino 0.1, cycletime 1/sqrt(512), uvc/corrflow/mast 1 on raw features, or what a trained model declares)")
-    p.add_argument("--stride", type=int_at_least(1), default=None, help="feature stride of the 'lab' baseline (default: the protocol's: 8 for crw/uvc/cycletime, 4 for mast/corrflow)")
+    p.add_argument("--stride", type=int_at_least(1), default=None, help="feature stride of the 'lab' baseline (default: the protocol's: 8 for crw/uvc/cycletime/dino, 4 for mast/corrflow)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace entries of --out that were not written by densecorr (by default such a clash is refused)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
