@@ -253,13 +253,7 @@ def cuda_peak(fn, mode, nograd, withgrad, grad, device) -> int:
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
-    if mode == "forward":
-        with torch.no_grad():
-            fn(*nograd)
-    elif mode == "backward":
-        out.backward(grad)
-    else:
-        fn(*withgrad).backward(grad)
+    _step(fn, mode, nograd, withgrad, grad, out)
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - base
     for x in withgrad:
@@ -267,12 +261,20 @@ def cuda_peak(fn, mode, nograd, withgrad, grad, device) -> int:
     return int(peak)
 
 
-def _run_mode(fn, mode, inputs_nograd, inputs_grad, grad):
+def _step(fn, mode, nograd, withgrad, grad, out=None):
+    """One run of `mode`: "forward" (no autograd), "backward" (of `out`, the forward already
+    run on `withgrad`) or "full" (forward and backward)."""
     if mode == "forward":
         with torch.no_grad():
-            fn(*inputs_nograd)
+            fn(*nograd)
+    elif mode == "backward":
+        out.backward(grad)
     else:
-        fn(*inputs_grad).backward(grad)
+        fn(*withgrad).backward(grad)
+
+
+def _run_mode(fn, mode, inputs_nograd, inputs_grad, grad):
+    _step(fn, "forward" if mode == "forward" else "full", inputs_nograd, inputs_grad, grad)
     for x in inputs_grad:
         x.grad = None
 
@@ -298,13 +300,7 @@ def memory_job(job: dict) -> dict:
         gc.collect()
 
         def measured():
-            if mode == "forward":
-                with torch.no_grad():
-                    fn(*nograd)
-            elif mode == "backward":
-                out.backward(grad)
-            else:
-                fn(*withgrad).backward(grad)
+            _step(fn, mode, nograd, withgrad, grad, out)
 
         if reset_peak_rss():
             base = proc_status_bytes("VmRSS")
