@@ -26,7 +26,7 @@ import torch
 from densecorr.data import DataError
 
 from conformance import corrflow, crw, cycletime, dino, driver, mast, uvc
-from conformance.common import consecutive_margin, l2n, nearest_index, one_hot_ids, pil_nearest, sample_bilinear_zeros, window, topk_margin
+from conformance.common import bilinear, consecutive_margin, l2n, nearest_index, one_hot_ids, pil_nearest, sample_bilinear_zeros, window, topk_margin
 
 ATOL = 1e-5
 K = 4  # background + 3 objects
@@ -136,8 +136,8 @@ MASK_REASONS["uvc"] += "; and UVC min-max normalises each upsampled channel befo
 
 
 # protocols that conform (their xfail marks removed)
-CONFORMING = {"dino", "crw", "uvc", "corrflow", "mast"}
-CONFORMING_PROPAGATION = CONFORMING | {"cycletime"}  # test_propagation only
+CONFORMING = {"dino", "crw", "uvc", "corrflow", "mast", "cycletime"}
+CONFORMING_PROPAGATION = CONFORMING
 
 
 def xfail(reason: str, missing: bool = False):
@@ -216,8 +216,10 @@ def _reference_masks(protocol: str, feats: torch.Tensor, mask: torch.Tensor, str
         outs = [dino.masks(m, stride, size) for m in maps]
     elif protocol == "uvc":
         outs = [uvc.masks(m, size, stride) for m in maps]
+    elif protocol == "cycletime":
+        outs = [cycletime.masks(m, size, cycletime.label_set(mask)) for m in maps]
     else:
-        outs = [{"crw": crw, "cycletime": cycletime, "corrflow": corrflow, "mast": mast}[protocol].masks(m, size) for m in maps]
+        outs = [{"crw": crw, "corrflow": corrflow, "mast": mast}[protocol].masks(m, size) for m in maps]
     gaps = []
     for ids, scores, _ in outs:
         top = scores.topk(2, dim=0).values
@@ -277,6 +279,23 @@ def test_common_bilinear_sampler_is_grid_sample_align_corners():
     grid = torch.stack([px / (7 - 1) * 2 - 1, py / (5 - 1) * 2 - 1], -1)[None]
     ref = torch.nn.functional.grid_sample(img[None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
     assert torch.allclose(sample_bilinear_zeros(img, px, py), ref, atol=1e-12)
+
+
+def test_common_bilinear_is_cv2_linear():
+    """The written-out INTER_LINEAR rule: hand values (a downscale reads the 2 pixels around the
+    half-pixel source position whatever the factor; the border is replicated), and torch's
+    F.interpolate(bilinear, align_corners=False, antialias=False) on down- and upscales."""
+    row = torch.arange(16, dtype=torch.float64)[None, None]  # (1, 1, 16): value = column
+    assert bilinear(row, (1, 2))[0, 0].tolist() == [3.5, 11.5]  # src 3.5, 11.5: pixels 3-4, 11-12
+    assert bilinear(row, (1, 5))[0, 0, 0].item() == pytest.approx(1.1)  # src 16/5 * 0.5 - 0.5 = 1.1
+    up = bilinear(torch.tensor([[[0.0, 8.0]]]), (1, 8))[0, 0].tolist()
+    assert up[:2] == [0.0, 0.0] and up[-2:] == [8.0, 8.0]  # src < 0 or > 1: the border pixel
+    assert up[2] == pytest.approx(1.0)  # src (2.5 / 4) - 0.5 = 0.125
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 24, 40, generator=g, dtype=torch.float64)
+    for size in [(3, 5), (12, 20), (7, 13), (24, 40), (48, 80), (50, 97), (1, 1)]:
+        ref = torch.nn.functional.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0]
+        assert torch.allclose(bilinear(x, size), ref, atol=1e-12), size
 
 
 def test_common_windows():
@@ -368,6 +387,27 @@ def test_cycletime_context_and_label_set():
     ids[9, :] = 2
     ids[8, :] = 1  # 10 pixels: dropped
     assert cycletime.label_set(ids) == [0, 3]
+
+
+def test_cycletime_label_set_drops_small_objects():
+    """densecorr's cycletime keeps TimeCycle's label set: an object with 11 pixels (10 counted)
+    gets no channel and its pixels none either; `label_set="all"` tracks it as any other."""
+    from densecorr.propagation import first_labels, get_protocol
+
+    ids = block_ids((H * 8, W * 8), 5, seed=0)
+    ids[ids == 2] = 1
+    ids[43, 58:69] = 2  # 11 pixels of object 2 (row 43 and columns 59-60, 67-68 are read by cells (5, 7), (5, 8))
+    keep = cycletime.label_set(ids)
+    assert 2 not in keep and keep[0] == 0
+    ref = cycletime.first_labels(ids, (H, W))
+    channels, ours = first_labels(ids.numpy(), [1, 2, 3], (H, W), get_protocol("cycletime"))
+    assert [0] + channels == keep
+    assert (ours.double() - ref).abs().max() <= 1e-6
+    assert ours.sum(0).min() == pytest.approx(0.5)  # the cells over object 2 lost its half, as in TimeCycle
+    feats = features(4, seed=1)
+    assert not any((m == 2).any() for m in driver.masks("cycletime", feats, ids, 8))
+    channels, labs = first_labels(ids.numpy(), [1, 2, 3], (H, W), get_protocol("cycletime", label_set="all"))
+    assert channels == [1, 2, 3] and torch.allclose(labs.sum(0), torch.ones(H, W))
 
 
 def test_cycletime_feeds_back_min_max():

@@ -20,6 +20,8 @@ from densecorr.models.registry import load as load_model
 from densecorr.propagation.labels import (
     check_first_mask,
     first_grid_labels,
+    first_labels,
+    label_channels,
     heatmap_peaks,
     heatmaps,
     labels_to_mask,
@@ -34,6 +36,6 @@ from densecorr.system import peak_rss_mb
 
 __all__ = [
     "Protocol", "PROTOCOLS", "get_protocol", "LabEmbedding", "load_model", "DEFAULT_CHECKPOINT", "Propagator", "crw_topk_step", "per_reference_topk",
-    "propagate_mask", "propagate_keypoints", "check_first_mask", "first_grid_labels", "one_hot", "heatmaps", "to_grid", "upsample", "mask_dtype",
+    "propagate_mask", "propagate_keypoints", "check_first_mask", "first_grid_labels", "first_labels", "label_channels", "one_hot", "heatmaps", "to_grid", "upsample", "mask_dtype",
     "labels_to_mask", "heatmap_peaks", "working_size", "peak_rss_mb",
 ]

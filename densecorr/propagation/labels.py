@@ -17,13 +17,16 @@ import torch.nn.functional as F
 from densecorr.data.io import DataError
 
 
-def one_hot(mask: np.ndarray | torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
+def one_hot(mask: np.ndarray | torch.Tensor, ids: Sequence[int], unlisted: str = "background") -> torch.Tensor:
     """Id mask (H, W) -> float (K, H, W), channel 0 = background, channel c = ids[c - 1].
 
-    Pixels whose id is not in `ids` count as background."""
+    unlisted: pixels whose id is not in `ids` count as "background", or are in "none" of the
+    channels (all zero: TimeCycle's pixels of a label it dropped)."""
+    if unlisted not in ("background", "none"):
+        raise DataError(f"unlisted must be 'background' or 'none', got {unlisted!r}")
     m = torch.as_tensor(np.asarray(mask).astype(np.int64, copy=False))
     out = torch.zeros(len(ids) + 1, *m.shape)
-    out[0] = 1
+    out[0] = 1 if unlisted == "background" else (m == 0).float()
     for c, i in enumerate(ids, start=1):
         sel = m == i
         out[c][sel] = 1
@@ -62,6 +65,28 @@ def upsample(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 FIRST_RULES = ("area", "bilinear", "nearest", "ids_bilinear", "subsample")
 OUTPUT_RULES = ("bilinear", "minmax")
+LABEL_SETS = ("all", "timecycle")
+
+
+def label_channels(mask: np.ndarray, ids: Sequence[int], rule: str = "all") -> list[int]:
+    """The object ids (of `ids`) that get a label channel, in channel order (channel 0, the
+    background, is not listed).
+
+    rule:
+        "all": every id of `ids`, in the given order.
+        "timecycle": TimeCycle's label set (test_davis.py:287-318): the ids in order of first
+            appearance in the mask (row-major), each kept only when it has more than 10 pixels
+            besides its first one; the pixels of a dropped id then belong to no channel (see
+            `first_labels`), so a tiny object is not tracked at all.
+    """
+    if rule == "all":
+        return list(ids)
+    if rule != "timecycle":
+        raise DataError(f"unknown label set {rule!r}; choose one of {', '.join(LABEL_SETS)}")
+    values, first, counts = np.unique(np.asarray(mask).ravel(), return_index=True, return_counts=True)
+    seen = {int(v): (int(i), int(c) - 1) for v, i, c in zip(values, first, counts)}  # the first pixel is not counted
+    present = [i for i in ids if i in seen]
+    return [i for i in sorted(present, key=lambda i: seen[i][0]) if seen[i][1] > 10]
 
 
 def nearest_index(n_in: int, n_out: int) -> torch.Tensor:
@@ -70,8 +95,19 @@ def nearest_index(n_in: int, n_out: int) -> torch.Tensor:
     return torch.floor((torch.arange(n_out, dtype=torch.float64) + 0.5) * n_in / n_out).long().clamp_(0, n_in - 1)
 
 
-def first_grid_labels(mask: np.ndarray, ids: Sequence[int], grid: tuple[int, int], rule: str = "area") -> torch.Tensor:
+def first_labels(mask: np.ndarray, ids: Sequence[int], grid: tuple[int, int], protocol) -> tuple[list[int], torch.Tensor]:
+    """The first frame's id mask (H, W) with object ids `ids` -> (the ids of channels 1.., their
+    label channels (K, h, w) on the feature grid) under `protocol`'s label set and `first` rule."""
+    channels = label_channels(mask, ids, protocol.label_set)
+    unlisted = "none" if protocol.label_set == "timecycle" else "background"
+    return channels, first_grid_labels(mask, channels, grid, protocol.first, unlisted)
+
+
+def first_grid_labels(mask: np.ndarray, ids: Sequence[int], grid: tuple[int, int], rule: str = "area", unlisted: str = "background") -> torch.Tensor:
     """The first frame's id mask (H, W) -> label channels (len(ids) + 1, h, w) on the feature grid.
+
+    unlisted: where the pixels of ids not in `ids` go (`one_hot`; the "ids_bilinear" rule
+    counts them as background).
 
     rule:
         "area": one-hot at full resolution, then the area average of each cell.
@@ -87,18 +123,18 @@ def first_grid_labels(mask: np.ndarray, ids: Sequence[int], grid: tuple[int, int
             3 this yields object 2; DAVIS ids 1..K are their own channel numbers).
     """
     if rule == "area":
-        return to_grid(one_hot(mask, ids), grid)
+        return to_grid(one_hot(mask, ids, unlisted), grid)
     if rule == "bilinear":
-        return F.interpolate(one_hot(mask, ids)[None], size=grid, mode="bilinear", align_corners=False, antialias=False)[0]
+        return F.interpolate(one_hot(mask, ids, unlisted)[None], size=grid, mode="bilinear", align_corners=False, antialias=False)[0]
     if rule == "nearest":
         m = np.asarray(mask)
         small = m[nearest_index(m.shape[0], grid[0]).numpy()][:, nearest_index(m.shape[1], grid[1]).numpy()]
-        return one_hot(small, ids)
+        return one_hot(small, ids, unlisted)
     if rule == "subsample":
         m = np.asarray(mask)
         rows = (np.arange(grid[0]) * m.shape[0]) // grid[0]
         cols = (np.arange(grid[1]) * m.shape[1]) // grid[1]
-        return one_hot(m[rows][:, cols], ids)
+        return one_hot(m[rows][:, cols], ids, unlisted)
     if rule == "ids_bilinear":
         m = np.asarray(mask).astype(np.int64, copy=False)
         index = np.zeros(m.shape, np.float64)  # channel numbers: 0 background, c for ids[c - 1]
@@ -165,4 +201,4 @@ def check_first_mask(mask: np.ndarray, frame_size: tuple[int, int] | None = None
     return ids
 
 
-__all__ = ["FIRST_RULES", "OUTPUT_RULES", "nearest_index", "first_grid_labels", "one_hot", "heatmaps", "to_grid", "upsample", "mask_dtype", "labels_to_mask", "heatmap_peaks", "check_first_mask"]
+__all__ = ["FIRST_RULES", "OUTPUT_RULES", "LABEL_SETS", "label_channels", "first_labels", "nearest_index", "first_grid_labels", "one_hot", "heatmaps", "to_grid", "upsample", "mask_dtype", "labels_to_mask", "heatmap_peaks", "check_first_mask"]

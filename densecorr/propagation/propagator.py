@@ -40,6 +40,7 @@ import torch.nn.functional as F
 import densecorr
 from densecorr.data.io import DataError
 from densecorr.propagation.labels import check_first_mask, first_grid_labels, heatmap_peaks, heatmaps, labels_to_mask, upsample
+from densecorr.propagation.labels import first_labels as protocol_first_labels
 from densecorr.propagation.protocols import Protocol, get_protocol
 
 
@@ -357,25 +358,28 @@ def propagate_mask(
     """Track the objects of `first_mask` (H, W) ids through `frames`.
 
     Yields (t, frame (H, W, 3) uint8, predicted ids (H, W)) for t = 1, 2, ...; the ids are
-    those of the first mask (uint8, or uint16 when an id exceeds 255). `progress`: tqdm
+    those of the first mask in the protocol's label set (all of them but under cycletime's
+    TimeCycle rule, which drops ids of 11 pixels or fewer) (uint8, or uint16 when an id exceeds 255). `progress`: tqdm
     description (None: no bar).
     The first mask is checked once, against frame 0: DataError when it is empty or its size
     differs from the frames'. `ids`: the mask's object ids when the caller has already checked
     it (`check_first_mask(first_mask, frame_size)`); then it is not checked again.
     """
     known = list(ids) if ids is not None else None
+    channels: list[int] = []  # the ids of label channels 1.. (the protocol's label set of `known`)
 
     def first_labels(frame_size, grid):
-        nonlocal known
+        nonlocal known, channels
         if known is None:
             known = check_first_mask(first_mask, frame_size)
-        return first_grid_labels(first_mask, known, grid, proto.first)
+        channels, lab = protocol_first_labels(first_mask, known, grid, proto)
+        return lab
 
     proto = propagator.protocol
     bar = _progress(progress, total)
     try:
         for t, frame, labels in propagator.run(frames, first_labels):
-            mask = labels_to_mask(labels, known, frame.shape[:2], proto.output, propagator.stride)
+            mask = labels_to_mask(labels, channels, frame.shape[:2], proto.output, propagator.stride)
             if bar is not None:
                 bar.update(1)
             yield t, frame, mask

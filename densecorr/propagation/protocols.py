@@ -34,9 +34,11 @@ cycletime = xiaolonw/TimeCycle `test_davis.py`: L2 features, scale sqrt(512), ea
 own softmax with its top-5 probabilities kept as they are, summed over the 8 references / 8;
 the context is padded with copies of frame 0 and real frame 0 is itself predicted from 8 copies
 (its prediction is the label of the short-term reference t - 7 = 0); every prediction is min-max
-normalised per channel ((x - min) / max(x - min)) and fed back so; first labels bilinear. Not
-reproduced: its 320x320 squashing of the frames and its label set (colours seen more than 10
-times, in order of first appearance).
+normalised per channel ((x - min) / max(x - min)) and fed back so; first labels: the one-hot
+mask resized bilinearly without antialiasing (cv2 INTER_LINEAR), over TimeCycle's label set
+(ids in order of first appearance with more than 10 pixels besides the first; a smaller object
+is dropped, its pixels in no channel; `label_set="all"` tracks every object). Not reproduced:
+its 320x320 squashing of the frames (the label set is counted on the mask as given).
 
 dino = facebookresearch/dino `eval_video_segmentation.py` (n_last_frames 7,
 size_mask_neighborhood 12, topk 5, temperature 0.1): first labels by PIL NEAREST of the id
@@ -91,6 +93,9 @@ class Protocol:
             -1) while the copies t - d < 0 and the long-term frame 0 carry the given labels. A model
             that declares `similarity = "euclidean"` (the Lab baseline) is compared by distance
             under every protocol (densecorr.propagation.propagator).
+        label_set: which object ids of the first mask get a channel (labels.LABEL_SETS): "all",
+            or "timecycle" (TimeCycle: in order of first appearance, only ids with more than 10
+            pixels besides their first; a dropped id's pixels are in no channel, so it is not tracked).
     """
 
     name: str
@@ -110,6 +115,7 @@ class Protocol:
     strict: bool = False
     boundary: str = "mask"
     predict_first: bool = False
+    label_set: str = "all"
 
     @property
     def scale(self) -> float:
@@ -141,7 +147,7 @@ PROTOCOLS = {
     "uvc": Protocol("uvc", "average", (0,), tuple(range(1, 8)), topk=5, temperature=1.0, feedback="soft", stride=8,
                     features="raw", first="nearest", output="minmax"),
     "cycletime": Protocol("cycletime", "average", (0,), tuple(range(1, 8)), topk=5, temperature=512 ** -0.5, feedback="soft_minmax", stride=8,
-                          first="bilinear", pad_first=True, predict_first=True),
+                          first="bilinear", pad_first=True, predict_first=True, label_set="timecycle"),
     "corrflow": Protocol("corrflow", "local", (), (1,), radius=6, window="square", temperature=1.0, feedback="hard_full", stride=4,
                          features="raw", first="ids_bilinear"),
     "dino": Protocol("dino", "local", (0,), tuple(range(1, 8)), radius=12, window="square", topk=5, temperature=0.1,

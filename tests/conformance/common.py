@@ -38,14 +38,32 @@ def window(h: int, w: int, radius: float, shape: str) -> torch.Tensor:
     raise ValueError(shape)
 
 
-def bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(K, h, w) -> (K, H, W): bilinear, half-pixel centres, border replicated, no antialiasing.
+def _linear_taps(n_in: int, n_out: int):
+    """cv2 INTER_LINEAR's source taps along one axis (the coefficient table of
+    opencv imgproc/src/resize.cpp, float images): fx = (dst + 0.5) * in / out - 0.5, sx = floor(fx), weights (1 - (fx - sx), fx - sx)
+    on pixels sx, sx + 1; sx < 0 -> (0, weight 1); sx >= in - 1 -> (in - 1, weight 1)."""
+    fx = (torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5
+    sx = torch.floor(fx)
+    a = fx - sx
+    low = sx < 0
+    high = sx >= n_in - 1
+    a = torch.where(low | high, torch.zeros_like(a), a)
+    sx = torch.where(low, torch.zeros_like(sx), torch.where(high, torch.full_like(sx, n_in - 1), sx)).long()
+    return sx, (sx + 1).clamp_max(n_in - 1), 1 - a, a
 
-    This is torch's F.interpolate(mode="bilinear", align_corners=False) and also what
-    cv2.resize(INTER_LINEAR) computes on float images (same source-coordinate rule
-    (dst + 0.5) * in / out - 0.5, clamped at the border; cv2 switches to INTER_AREA only for an
-    exact 2x downscale, where both give the 2x2 mean)."""
-    return F.interpolate(x[None].double(), size=size, mode="bilinear", align_corners=False)[0]
+
+def bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(K, h, w) -> (K, H, W): cv2.resize(INTER_LINEAR) on float images, written out from its
+    rule: half-pixel centres (src = (dst + 0.5) * in / out - 0.5), the border replicated, no
+    antialiasing (a downscale reads 2 pixels per axis whatever the factor), separable (rows,
+    then columns). cv2 switches to INTER_AREA only for an exact 2x downscale, where both are the
+    2x2 mean. This is also torch's F.interpolate(bilinear, align_corners=False)
+    (test_common_bilinear_is_cv2_linear)."""
+    x = x.double()
+    y0, y1, wy0, wy1 = _linear_taps(x.shape[-2], size[0])
+    x0, x1, wx0, wx1 = _linear_taps(x.shape[-1], size[1])
+    rows = x[..., y0, :] * wy0[:, None] + x[..., y1, :] * wy1[:, None]
+    return rows[..., x0] * wx0 + rows[..., x1] * wx1
 
 
 def nearest_index(n_in: int, n_out: int) -> torch.Tensor:

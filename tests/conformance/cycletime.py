@@ -18,7 +18,9 @@ Rules (docs/protocols.md, "cycletime"):
   at the right cells; the script only runs square 320x320 inputs.)
 - First labels: one-hot of the labels present with more than 10 counted pixels, in order of
   first appearance (test_davis.py:287-318), cv2 INTER_LINEAR to 40x40 (test_davis.py:338).
-- Output: cv2 INTER_LINEAR to 320x320, argmax (test_davis.py:502-507).
+- Output: cv2 INTER_LINEAR to 320x320, argmax, mapped to the label set's colours
+  (test_davis.py:502-507). (The final INTER_NEAREST resize to the original size,
+  preprocess/convert_davis.py:87, is the identity here: the frames are not squashed.)
 """
 from __future__ import annotations
 
@@ -84,6 +86,9 @@ def propagate(feats: torch.Tensor, labels0: torch.Tensor, video_len: int = 8, to
     return (out if with_frame0 else out[1:]), margin
 
 
-def masks(labels: torch.Tensor, size: tuple[int, int]):
+def masks(labels: torch.Tensor, size: tuple[int, int], keep: list[int]):
+    """Grid labels over the label set `keep` (label_set of the first mask) -> (ids (H, W): the
+    label of the argmax channel, as `np.array(lbl_set)[np.argmax(...)]`, test_davis.py:502-507;
+    the scores; their margin)."""
     up = bilinear(labels, size)
-    return up.argmax(0), up, argmax_margin(up)
+    return torch.tensor(keep)[up.argmax(0)], up, argmax_margin(up)

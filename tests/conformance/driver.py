@@ -51,8 +51,8 @@ def masks(protocol, feats: torch.Tensor, first_mask: torch.Tensor, stride: int) 
 
 def first_labels(protocol, first_mask: torch.Tensor, ids: list[int], grid: tuple[int, int]) -> torch.Tensor:
     """How densecorr brings the first mask (H, W) to the feature grid under `protocol` (its
-    `first` rule, densecorr.propagation.first_grid_labels)."""
-    from densecorr.propagation import first_grid_labels, get_protocol
+    label set and `first` rule, densecorr.propagation.first_labels)."""
+    from densecorr.propagation import first_labels, get_protocol
 
     proto = get_protocol(protocol)  # an unknown protocol is an error here too
-    return first_grid_labels(first_mask.numpy(), ids, grid, proto.first).double()
+    return first_labels(first_mask.numpy(), ids, grid, proto)[1].double()
