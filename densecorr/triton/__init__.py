@@ -7,3 +7,4 @@ from densecorr.triton import global_attention  # noqa: F401
 from densecorr.triton import project_coords  # noqa: F401
 from densecorr.triton import local_attention  # noqa: F401
 from densecorr.triton import local_window  # noqa: F401
+from densecorr.triton import local_offset  # noqa: F401
