@@ -155,9 +155,10 @@ class _Windows:
         self.groups = [(i, torch.tensor(js, device=device)) for i, js in sorted(by_row.items())]
         self.P = sum(len(js) for _, js in self.groups)
 
-    def gather(self, x: torch.Tensor, i: int, js: torch.Tensor, y0: int, y1: int):
+    def gather(self, x: torch.Tensor, i: int, js: torch.Tensor, y0: int, y1: int, t: int = 0):
         """x (B, E, H, W) -> (B, E, nj, y1-y0, W): x at window cells (i, js) of rows y0..y1,
-        with zeros at invalid positions; and valid (nj, y1-y0, W)."""
+        with zeros at invalid positions; and valid (nj, y1-y0, W). (t, the reference, is
+        used by _OffsetWindows only.)"""
         rows = x[:, :, self.rows[i, y0:y1]]  # (B, E, h, W)
         g = rows[:, :, :, self.cols[js]].permute(0, 1, 3, 2, 4)  # (B, E, nj, h, W)
         valid = self.row_valid[i, y0:y1][None, :, None] & self.col_valid[js][:, None, :]
@@ -165,7 +166,8 @@ class _Windows:
             g = g * valid
         return g, valid
 
-    def scatter_add(self, target: torch.Tensor, vals: torch.Tensor, i: int, js: torch.Tensor, y0: int, y1: int):
+    def scatter_add(self, target: torch.Tensor, vals: torch.Tensor, i: int, js: torch.Tensor, y0: int, y1: int,
+                    t: int = 0):
         """Adjoint of gather: target (B, E, H, W) += vals (B, E, nj, y1-y0, W) at the window
         cells (i, js) of rows y0..y1 (vals must be zero at invalid positions)."""
         rows = self.rows[i, y0:y1][None, :, None].expand(len(js), -1, target.shape[-1])
@@ -182,9 +184,9 @@ def _local_logits(q, k, geo: _Windows, scale, y0, y1):
     logits, valids = [], []
     for t in range(T):
         for i, js in geo.groups:
-            kg, valid = geo.gather(k[:, t], i, js, y0, y1)
+            kg, valid = geo.gather(k[:, t], i, js, y0, y1, t)
             logits.append(scale * (qc * kg).sum(1))
-            valids.append(valid.expand(q.shape[0], *valid.shape))
+            valids.append(valid.expand(q.shape[0], *valid.shape[-3:]))
     logits, valid = torch.cat(logits, 1), torch.cat(valids, 1)
     if geo.boundary == "mask":
         logits = logits.masked_fill(~valid, float("-inf"))
@@ -196,7 +198,7 @@ def _local_copy_rows(attn, v, geo: _Windows, y0, y1):
     out, p0 = 0, 0
     for t in range(v.shape[1]):
         for i, js in geo.groups:
-            vg, _ = geo.gather(v[:, t], i, js, y0, y1)
+            vg, _ = geo.gather(v[:, t], i, js, y0, y1, t)
             out = out + (attn[:, None, p0 : p0 + len(js)] * vg).sum(2)
             p0 += len(js)
     return out
@@ -215,17 +217,111 @@ def _geometry(H, W, radius, dilation, boundary, window, device):
     return _Windows(H, W, radius, dilation, boundary, window, device)
 
 
+def _channel_mask(valid):
+    """valid (nj, h, W) or, per batch element, (B, nj, h, W) -> broadcastable to (B, E, nj, h, W)."""
+    return valid if valid.dim() == 3 else valid[:, None]
+
+
+class _OffsetWindows:
+    """Window geometry with a per-query, per-reference offset (the local_offset_* kernels):
+    the window cell (i, j) of query pixel (y, x) in reference t is the point
+    (y + oy + (i-r)*dil, x + ox + (j-r)*dil), sampled bilinearly from its 4 pixels (taps
+    outside the image read 0). Same interface as _Windows (gather / scatter_add / groups / P).
+
+    The point is split exactly into an integer part (y + (i-r)*dil + floor(oy)) and the
+    fraction oy - floor(oy), so that the "mask" test (Y < 0 or Y > H-1) is exact integer
+    logic: Y > H-1 iff row0 > H-1, or row0 == H-1 with a fraction > 0."""
+
+    def __init__(self, offset, radius, dilation, boundary, window, dtype):
+        B, T, _, H, W = offset.shape
+        self.H, self.W, self.radius, self.dilation, self.boundary = H, W, radius, dilation, boundary
+        bound = max(H, W) + radius * dilation + 2  # as the ops clamp (changes no result)
+        off = offset.to(dtype).clamp(-bound, bound)
+        whole = off.floor()
+        self.frac = off - whole  # (B, T, 2, H, W), exact
+        self.whole = whole.long()
+        by_row: dict[int, list[int]] = {}
+        for i, j in window_offsets(radius, window):
+            by_row.setdefault(i, []).append(j)
+        self.groups = [(i, torch.tensor(js, device=offset.device)) for i, js in sorted(by_row.items())]
+        self.P = sum(len(js) for _, js in self.groups)
+        self._cached = None
+
+    def taps(self, i, js, y0, y1, t):
+        """The 4 bilinear taps of the points of cells (i, js), query rows y0..y1, reference t:
+        [(flat pixel index (B, nj*h*W) int64, weight (B, nj, h, W))], weights 0 for taps outside
+        the image (and, with "mask", for points outside it); and valid (B, nj, h, W): the
+        positions that enter the softmax (all with "zero"; those inside the image with "mask")."""
+        key = (i, id(js), y0, y1, t)
+        if self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
+        H, W, r, d = self.H, self.W, self.radius, self.dilation
+        dev = js.device
+        fy, fx = self.frac[:, t, 0, y0:y1][:, None], self.frac[:, t, 1, y0:y1][:, None]  # (B, 1, h, W)
+        ys = torch.arange(y0, y1, device=dev)[None, None, :, None]
+        xs = torch.arange(W, device=dev)[None, None, None, :]
+        row0 = ys + (i - r) * d + self.whole[:, t, 0, y0:y1][:, None]  # (B, 1, h, W)
+        col0 = xs + (js[None, :, None, None] - r) * d + self.whole[:, t, 1, y0:y1][:, None]  # (B, nj, h, W)
+        row0, col0 = torch.broadcast_tensors(row0, col0)
+        inside = (row0 >= 0) & (row0 + (fy > 0) <= H - 1) & (col0 >= 0) & (col0 + (fx > 0) <= W - 1)
+        taps = []
+        for dr, wr in ((0, 1 - fy), (1, fy)):
+            for dc, wc in ((0, 1 - fx), (1, fx)):
+                rr, cc = row0 + dr, col0 + dc
+                ok = (rr >= 0) & (rr < H) & (cc >= 0) & (cc < W)
+                if self.boundary == "mask":
+                    ok = ok & inside
+                index = (rr.clamp(0, H - 1) * W + cc.clamp(0, W - 1)).flatten(1)
+                taps.append((index, wr * wc * ok))
+        valid = inside if self.boundary == "mask" else torch.ones_like(inside)
+        self._cached = (key, (taps, valid))
+        return taps, valid
+
+    def gather(self, x, i, js, y0, y1, t):
+        """x (B, E, H, W) -> (B, E, nj, h, W) sampled at the points of cells (i, js); valid (B, nj, h, W)."""
+        taps, valid = self.taps(i, js, y0, y1, t)
+        B, E = x.shape[:2]
+        flat = x.reshape(B, E, -1)
+        out = 0
+        for index, w in taps:
+            g = flat.gather(2, index[:, None].expand(B, E, -1)).view(B, E, *w.shape[1:])
+            out = out + w[:, None] * g
+        return out, valid
+
+    def scatter_add(self, target, vals, i, js, y0, y1, t):
+        """Adjoint of gather: target (B, E, H, W) (a view with contiguous H, W) += the
+        bilinear spread of vals (B, E, nj, h, W)."""
+        taps, _ = self.taps(i, js, y0, y1, t)
+        B, E = target.shape[:2]
+        flat = target.view(B, E, -1)
+        for index, w in taps:
+            flat.scatter_add_(2, index[:, None].expand(B, E, -1), (w[:, None] * vals).reshape(B, E, -1))
+
+
+def _softmax(logits):
+    """Softmax over dim 1 and its logsumexp; a pixel all of whose positions are excluded
+    (-inf) gets weights 0 and lse -inf (only possible with window offsets)."""
+    lse = torch.logsumexp(logits, 1)
+    p = torch.exp(logits - lse[:, None])
+    return torch.where(torch.isneginf(lse)[:, None], 0.0, p), lse
+
+
+def _affinity_fwd(q, k, geo, scale, normalize, out_dtype):
+    qa, ka = _acc(q), _acc(k)
+    B, _, H, W = q.shape
+    out = torch.empty(B, k.shape[1] * geo.P, H, W, dtype=qa.dtype, device=q.device)
+    for y0, y1 in _row_chunks(qa, ka, geo):
+        logits, _ = _local_logits(qa, ka, geo, scale, y0, y1)
+        out[:, :, y0:y1] = _softmax(logits)[0] if normalize else logits
+    return out.to(out_dtype)
+
+
 @register_kernel("local_affinity_fwd", "reference")
 def local_affinity_fwd(q, k, radius: int, dilation: int, scale: float, normalize: bool, boundary: str, window: str):
     """q (B,D,H,W), k (B,T,D,H,W) -> (B, T*P, H, W) window logits or joint softmax."""
     B, D, H, W = q.shape
     geo = _geometry(H, W, radius, dilation, boundary, window, q.device)
-    qa, ka = _acc(q), _acc(k)
-    out = torch.empty(B, k.shape[1] * geo.P, H, W, dtype=qa.dtype, device=q.device)
-    for y0, y1 in _row_chunks(qa, ka, geo):
-        logits, _ = _local_logits(qa, ka, geo, scale, y0, y1)
-        out[:, :, y0:y1] = torch.softmax(logits, 1) if normalize else logits
-    return out.to(q.dtype)
+    return _affinity_fwd(q, k, geo, scale, normalize, q.dtype)
 
 
 def _logits_adjoint(dlogits, q, k, geo: _Windows, scale, y0, y1, dq, dk):
@@ -236,9 +332,9 @@ def _logits_adjoint(dlogits, q, k, geo: _Windows, scale, y0, y1, dq, dk):
     for t in range(k.shape[1]):
         for i, js in geo.groups:
             d = scale * dlogits[:, None, p0 : p0 + len(js)]  # (B, 1, nj, h, W)
-            kg, valid = geo.gather(k[:, t], i, js, y0, y1)
+            kg, valid = geo.gather(k[:, t], i, js, y0, y1, t)
             dq[:, :, y0:y1] += (d * kg).sum(2)
-            geo.scatter_add(dk[:, t], d * qc * valid, i, js, y0, y1)
+            geo.scatter_add(dk[:, t], d * qc * _channel_mask(valid), i, js, y0, y1, t)
             p0 += len(js)
 
 
@@ -249,10 +345,10 @@ def _copy_adjoint(grad_rows, attn_rows, v, geo: _Windows, y0, y1, dv):
     p0 = 0
     for t in range(v.shape[1]):
         for i, js in geo.groups:
-            vg, valid = geo.gather(v[:, t], i, js, y0, y1)
+            vg, valid = geo.gather(v[:, t], i, js, y0, y1, t)
             a = attn_rows[:, None, p0 : p0 + len(js)]
             dattn.append((g * vg).sum(1))
-            geo.scatter_add(dv[:, t], a * g * valid, i, js, y0, y1)
+            geo.scatter_add(dv[:, t], a * g * _channel_mask(valid), i, js, y0, y1, t)
             p0 += len(js)
     return torch.cat(dattn, 1)
 
@@ -262,11 +358,7 @@ def _softmax_adjoint(p, dp):
     return p * (dp - (p * dp).sum(1, keepdim=True))
 
 
-@register_kernel("local_affinity_bwd", "reference")
-def local_affinity_bwd(grad_attn, q, k, attn, radius: int, dilation: int, scale: float, normalize: bool, boundary: str, window: str):
-    """Gradients (dq, dk) of local_affinity_fwd."""
-    B, D, H, W = q.shape
-    geo = _geometry(H, W, radius, dilation, boundary, window, q.device)
+def _affinity_bwd(grad_attn, q, k, attn, geo, scale, normalize):
     qa, ka, g, a = _acc(q), _acc(k), _acc(grad_attn), _acc(attn)
     dq, dk = torch.zeros_like(qa), torch.zeros_like(ka)
     for y0, y1 in _row_chunks(qa, ka, geo):
@@ -277,11 +369,16 @@ def local_affinity_bwd(grad_attn, q, k, attn, radius: int, dilation: int, scale:
     return dq.to(q.dtype), dk.to(k.dtype)
 
 
-@register_kernel("local_copy_fwd", "reference")
-def local_copy_fwd(attn, v, radius: int, dilation: int, boundary: str, window: str):
-    """attn (B,T*P,H,W), v (B,T,C,H,W) -> (B,C,H,W): out_j = sum_i attn_ji v_i."""
+@register_kernel("local_affinity_bwd", "reference")
+def local_affinity_bwd(grad_attn, q, k, attn, radius: int, dilation: int, scale: float, normalize: bool, boundary: str, window: str):
+    """Gradients (dq, dk) of local_affinity_fwd."""
+    B, D, H, W = q.shape
+    geo = _geometry(H, W, radius, dilation, boundary, window, q.device)
+    return _affinity_bwd(grad_attn, q, k, attn, geo, scale, normalize)
+
+
+def _copy_fwd(attn, v, geo):
     B, _, H, W = attn.shape
-    geo = _geometry(H, W, radius, dilation, boundary, window, attn.device)
     aa, va = _acc(attn), _acc(v)
     out = torch.empty(B, v.shape[2], H, W, dtype=aa.dtype, device=attn.device)
     for y0, y1 in _row_chunks(aa, va, geo):
@@ -289,11 +386,14 @@ def local_copy_fwd(attn, v, radius: int, dilation: int, boundary: str, window: s
     return out.to(attn.dtype)
 
 
-@register_kernel("local_copy_bwd", "reference")
-def local_copy_bwd(grad_out, attn, v, radius: int, dilation: int, boundary: str, window: str):
-    """Gradients (dattn, dv) of local_copy_fwd."""
+@register_kernel("local_copy_fwd", "reference")
+def local_copy_fwd(attn, v, radius: int, dilation: int, boundary: str, window: str):
+    """attn (B,T*P,H,W), v (B,T,C,H,W) -> (B,C,H,W): out_j = sum_i attn_ji v_i."""
     B, _, H, W = attn.shape
-    geo = _geometry(H, W, radius, dilation, boundary, window, attn.device)
+    return _copy_fwd(attn, v, _geometry(H, W, radius, dilation, boundary, window, attn.device))
+
+
+def _copy_bwd(grad_out, attn, v, geo):
     aa, va, g = _acc(attn), _acc(v), _acc(grad_out)
     dattn, dv = torch.empty_like(aa), torch.zeros_like(va)
     for y0, y1 in _row_chunks(aa, va, geo):
@@ -301,19 +401,23 @@ def local_copy_bwd(grad_out, attn, v, radius: int, dilation: int, boundary: str,
     return dattn.to(attn.dtype), dv.to(v.dtype)
 
 
+@register_kernel("local_copy_bwd", "reference")
+def local_copy_bwd(grad_out, attn, v, radius: int, dilation: int, boundary: str, window: str):
+    """Gradients (dattn, dv) of local_copy_fwd."""
+    B, _, H, W = attn.shape
+    return _copy_bwd(grad_out, attn, v, _geometry(H, W, radius, dilation, boundary, window, attn.device))
+
+
 def _local_softmax(logits, idx_rows):
     """Joint softmax over dim 1, restricted to the positions idx_rows (B, h, W, topk) if any."""
     if idx_rows.shape[-1]:
         keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, idx_rows.permute(0, 3, 1, 2), True)
         logits = logits.masked_fill(~keep, float("-inf"))
-    return torch.softmax(logits, 1), torch.logsumexp(logits, 1)
+    return _softmax(logits)
 
 
-@register_kernel("local_attention_fwd", "reference")
-def local_attention_fwd(q, k, v, radius: int, dilation: int, scale: float, boundary: str, window: str, topk: int):
-    """q (B,D,H,W), k (B,T,D,H,W), v (B,T,C,H,W) -> out (B,C,H,W), lse (B,H,W), idx (B,H,W,topk)."""
+def _attention_fwd(q, k, v, geo, scale, topk):
     B, D, H, W = q.shape
-    geo = _geometry(H, W, radius, dilation, boundary, window, q.device)
     qa, ka, va = _acc(q), _acc(k), _acc(v)
     out = torch.empty(B, v.shape[2], H, W, dtype=qa.dtype, device=q.device)
     lse = torch.empty(B, H, W, dtype=qa.dtype, device=q.device)
@@ -327,11 +431,14 @@ def local_attention_fwd(q, k, v, radius: int, dilation: int, scale: float, bound
     return out.to(q.dtype), lse, idx
 
 
-@register_kernel("local_attention_bwd", "reference")
-def local_attention_bwd(grad_out, q, k, v, out, lse, idx, radius: int, dilation: int, scale: float, boundary: str, window: str):
-    """Gradients (dq, dk, dv) of local_attention_fwd, recomputing each row chunk's softmax."""
+@register_kernel("local_attention_fwd", "reference")
+def local_attention_fwd(q, k, v, radius: int, dilation: int, scale: float, boundary: str, window: str, topk: int):
+    """q (B,D,H,W), k (B,T,D,H,W), v (B,T,C,H,W) -> out (B,C,H,W), lse (B,H,W), idx (B,H,W,topk)."""
     B, D, H, W = q.shape
-    geo = _geometry(H, W, radius, dilation, boundary, window, q.device)
+    return _attention_fwd(q, k, v, _geometry(H, W, radius, dilation, boundary, window, q.device), scale, topk)
+
+
+def _attention_bwd(grad_out, q, k, v, idx, geo, scale):
     qa, ka, va, g = _acc(q), _acc(k), _acc(v), _acc(grad_out)
     dq, dk, dv = torch.zeros_like(qa), torch.zeros_like(ka), torch.zeros_like(va)
     for y0, y1 in _row_chunks(qa, ka, geo, k.shape[2] + v.shape[2]):
@@ -340,6 +447,64 @@ def local_attention_bwd(grad_out, q, k, v, out, lse, idx, radius: int, dilation:
         dp = _copy_adjoint(g[:, :, y0:y1], p, va, geo, y0, y1, dv)
         _logits_adjoint(_softmax_adjoint(p, dp), qa, ka, geo, scale, y0, y1, dq, dk)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+@register_kernel("local_attention_bwd", "reference")
+def local_attention_bwd(grad_out, q, k, v, out, lse, idx, radius: int, dilation: int, scale: float, boundary: str, window: str):
+    """Gradients (dq, dk, dv) of local_attention_fwd, recomputing each row chunk's softmax."""
+    B, D, H, W = q.shape
+    return _attention_bwd(grad_out, q, k, v, idx, _geometry(H, W, radius, dilation, boundary, window, q.device), scale)
+
+
+# --------------------------------------------------------------------------- local windows with offsets
+#
+# The same computations on _OffsetWindows: each position's keys and values are bilinear
+# samples at the offset point (row chunks as above; per window row, 4 gathers per tap).
+
+
+def _offsets(offset, radius, dilation, boundary, window, like):
+    return _OffsetWindows(offset, radius, dilation, boundary, window, _acc(like).dtype)
+
+
+@register_kernel("local_offset_affinity_fwd", "reference")
+def local_offset_affinity_fwd(q, k, offset, radius: int, dilation: int, scale: float, normalize: bool, boundary: str,
+                              window: str):
+    """local_affinity_fwd with offset (B,T,2,H,W) -> (B, T*P, H, W)."""
+    return _affinity_fwd(q, k, _offsets(offset, radius, dilation, boundary, window, q), scale, normalize, q.dtype)
+
+
+@register_kernel("local_offset_affinity_bwd", "reference")
+def local_offset_affinity_bwd(grad_attn, q, k, offset, attn, radius: int, dilation: int, scale: float, normalize: bool,
+                              boundary: str, window: str):
+    """Gradients (dq, dk) of local_offset_affinity_fwd."""
+    geo = _offsets(offset, radius, dilation, boundary, window, q)
+    return _affinity_bwd(grad_attn, q, k, attn, geo, scale, normalize)
+
+
+@register_kernel("local_offset_copy_fwd", "reference")
+def local_offset_copy_fwd(attn, v, offset, radius: int, dilation: int, boundary: str, window: str):
+    """local_copy_fwd with offset -> (B, C, H, W)."""
+    return _copy_fwd(attn, v, _offsets(offset, radius, dilation, boundary, window, v))
+
+
+@register_kernel("local_offset_copy_bwd", "reference")
+def local_offset_copy_bwd(grad_out, attn, v, offset, radius: int, dilation: int, boundary: str, window: str):
+    """Gradients (dattn, dv) of local_offset_copy_fwd."""
+    return _copy_bwd(grad_out, attn, v, _offsets(offset, radius, dilation, boundary, window, v))
+
+
+@register_kernel("local_offset_attention_fwd", "reference")
+def local_offset_attention_fwd(q, k, v, offset, radius: int, dilation: int, scale: float, boundary: str, window: str,
+                               topk: int):
+    """local_attention_fwd with offset -> out (B,C,H,W), lse (B,H,W), idx (B,H,W,topk)."""
+    return _attention_fwd(q, k, v, _offsets(offset, radius, dilation, boundary, window, q), scale, topk)
+
+
+@register_kernel("local_offset_attention_bwd", "reference")
+def local_offset_attention_bwd(grad_out, q, k, v, offset, out, lse, idx, radius: int, dilation: int, scale: float,
+                               boundary: str, window: str):
+    """Gradients (dq, dk, dv) of local_offset_attention_fwd (softmax recomputed per row chunk)."""
+    return _attention_bwd(grad_out, q, k, v, idx, _offsets(offset, radius, dilation, boundary, window, q), scale)
 
 
 # --------------------------------------------------------------------------- plain-PyTorch ops
@@ -395,6 +560,12 @@ __all__ = [
     "local_copy_bwd",
     "local_attention_fwd",
     "local_attention_bwd",
+    "local_offset_affinity_fwd",
+    "local_offset_affinity_bwd",
+    "local_offset_copy_fwd",
+    "local_offset_copy_bwd",
+    "local_offset_attention_fwd",
+    "local_offset_attention_bwd",
     "global_affinity",
     "bbox_from_coords",
     "window_offsets",

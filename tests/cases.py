@@ -84,3 +84,20 @@ def global_id(c: GlobalCase) -> str:
 GLOBAL_IDS = [global_id(c) for c in GLOBAL]
 LOCAL_IDS = [local_id(c) for c in LOCAL]
 WINDOW_IDS = [local_id(c) for c in WINDOW]
+
+# Window-offset cases (local_* with offset=, tests/test_offset_window.py): boundary "mask" or
+# "zero" only; odd shapes (H or W = 1, D = 1, C = 1, radius 0, T = 3, dilation 2, circle).
+OFFSET = [LocalCase(*c) for c in [
+    (1, 1, 1, 1, 1, 1, 0, 1, "mask", "square", None),
+    (2, 1, 3, 2, 5, 6, 1, 1, "mask", "square", None),
+    (1, 2, 4, 1, 7, 5, 2, 2, "zero", "square", 3),
+    (1, 3, 2, 3, 6, 9, 1, 1, "mask", "circle", 4),
+    (1, 3, 2, 2, 5, 4, 2, 1, "zero", "circle", None),
+    (1, 1, 3, 2, 1, 7, 1, 1, "mask", "square", None),
+    (1, 2, 2, 1, 6, 1, 1, 2, "zero", "square", 2),
+    (1, 2, 1, 1, 4, 5, 1, 1, "zero", "square", 18),  # topk = all T*P
+    (1, 1, 2, 3, 4, 6, 0, 1, "zero", "square", None),
+    (1, 2, 3, 2, 6, 7, 2, 1, "mask", "circle", None),
+    (1, 2, 3, 2, 5, 6, 1, 1, "mask", "square", 5),
+]]
+OFFSET_IDS = [local_id(c) for c in OFFSET]

@@ -85,6 +85,27 @@ class Checker:
             self.fail(f"{name} must be one of {options}, got {value!r}")
         return value
 
+    def offset(self, offset, like: torch.Tensor, B, T, H, W, boundary: str) -> torch.Tensor:
+        """A window offset (B, T, 2, H, W) (or (B, 2, H, W) when T == 1): floating, on like's
+        device, not requiring grad, boundary "mask"/"zero". Returns it as (B, T, 2, H, W) in the
+        kernels' dtype (float64 for float64 inputs, else float32), contiguous. Finiteness is
+        checked by the kernel ops (check_offset), so that compiled graphs check it too."""
+        if boundary == "clamp":
+            self.fail('boundary="clamp" cannot take an offset (a shifted window has no clamped placement); '
+                      'use boundary="mask" or "zero"')
+        layouts = {5: "(B, T, 2, H, W)", 4: "(B, 2, H, W)"} if T == 1 else {5: "(B, T, 2, H, W)"}
+        self.tensor("offset", offset, layouts)
+        if offset.device != like.device:
+            self.fail(f"offset is on {offset.device} but the inputs are on {like.device}; put them on one device")
+        if offset.requires_grad:
+            self.fail("offsets are not differentiable; pass offset.detach()")
+        off5 = offset.unsqueeze(1) if offset.dim() == 4 else offset
+        expected = (B, T, 2, H, W)
+        if any(a != b for a, b in zip(off5.shape, expected)):
+            self.fail(f"offset must be (B, T, 2, H, W) = {expected} (channel 0 dy, 1 dx, in pixels), "
+                      f"got shape {tuple(offset.shape)}")
+        return off5.to(offset_dtype(like.dtype)).contiguous()
+
     def backend(self, value) -> str:
         if value is None:
             return "auto"
@@ -112,3 +133,29 @@ def check_saved(op: str, expected: dict, idx=None, bound=None, what: str = "") -
                 f"densecorr.{op}: idx holds {what} indices in [{lo}, {hi}], outside [0, {bound}) "
                 "(pass the idx that the forward op returned)"
             )
+
+
+def offset_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the local_offset_* kernels take their offsets in."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_offset(op: str, offset, shape: tuple, like: torch.Tensor, radius: int, dilation: int) -> torch.Tensor:
+    """Checks on the offset a local_offset_* kernel op receives (they are public, see
+    check_saved): shape, dtype, device, finite values. Returns it clamped to
+    +-(max(H, W) + radius*dilation + 2) pixels, which changes no result (a point that far
+    out is outside for every window position) and keeps every kernel's integer arithmetic
+    in range."""
+    if not isinstance(offset, torch.Tensor):
+        raise TypeError(f"densecorr.{op}: offset must be a tensor, got {type(offset).__name__}")
+    if tuple(offset.shape) != tuple(shape):
+        raise ValueError(f"densecorr.{op}: offset has shape {tuple(offset.shape)}, expected {tuple(shape)}")
+    if offset.dtype != offset_dtype(like.dtype):
+        raise TypeError(f"densecorr.{op}: offset is {offset.dtype}, expected {offset_dtype(like.dtype)} for "
+                        f"{like.dtype} inputs")
+    if offset.device != like.device:
+        raise ValueError(f"densecorr.{op}: offset is on {offset.device} but the inputs are on {like.device}")
+    if offset.numel() and not bool(torch.isfinite(offset).all()):
+        raise ValueError(f"densecorr.{op}: offset holds non-finite values (NaN or inf); offsets must be finite pixels")
+    bound = max(shape[-2], shape[-1]) + radius * dilation + 2
+    return offset.clamp(-bound, bound).contiguous()

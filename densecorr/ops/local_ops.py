@@ -5,6 +5,10 @@ radius (square) or dy^2 + dx^2 <= radius^2 (circle), P per reference; with T ref
 the position index is t*P + p (references outer, offsets row-major). See DESIGN section 2
 for the boundary modes; densecorr/geometry.py holds the one definition of all of it.
 
+With `offset=` (B, T, 2, H, W) the window of pixel (y, x) in reference t is centred on
+(y + dy, x + dx) and keys/values are sampled bilinearly (the densecorr::local_offset_* ops;
+docs/design.md, "The ops").
+
 Windows far larger than the image run on an equivalent smaller window (same result, work
 and memory bounded by the image; see "windows larger than the image" below). The backward
 ops (torch.ops.densecorr.*_bwd) check the shapes of their saved tensors and the range of
@@ -19,7 +23,7 @@ from torch import Tensor
 
 from densecorr import backends, geometry
 from densecorr.geometry import BOUNDARIES, WINDOWS, window_size
-from densecorr.ops._validate import Checker, check_saved
+from densecorr.ops._validate import Checker, check_offset, check_saved
 from densecorr.ops.global_ops import stats_dtype
 
 # --------------------------------------------------------------------------- custom ops
@@ -174,6 +178,187 @@ _local_attention_fwd.register_autograd(_local_attention_backward, setup_context=
 
 
 
+# --------------------------------------------------------------------------- custom ops: offset windows
+#
+# The local_offset_* ops take a per-query, per-reference window offset (B, T, 2, H, W)
+# (dy, dx in pixels; float32, float64 for float64 inputs): the window of query pixel (y, x)
+# in reference t is centred on (y + dy, x + dx) and keys/values are sampled bilinearly
+# (docs/design.md, "The ops"). The offset is not differentiable. Each op checks its offset
+# (check_offset: shape, dtype, device, finite) and clamps it to a range that changes no
+# result, so that no kernel sees values its integer arithmetic cannot hold.
+
+
+@torch.library.custom_op("densecorr::local_offset_affinity_fwd", mutates_args=())
+def _local_offset_affinity_fwd(
+    q: Tensor, k: Tensor, offset: Tensor, radius: int, dilation: int, scale: float, normalize: bool, boundary: str,
+    window: str, backend: str,
+) -> Tensor:
+    B, _, H, W = q.shape
+    offset = check_offset("local_affinity", offset, (B, k.shape[1], 2, H, W), q, radius, dilation)
+    return backends.run(
+        "local_offset_affinity_fwd", backend, q, k, offset, radius, dilation, scale, normalize, boundary, window
+    )
+
+
+@_local_offset_affinity_fwd.register_fake
+def _(q, k, offset, radius, dilation, scale, normalize, boundary, window, backend):
+    B, _, H, W = q.shape
+    return q.new_empty(B, k.shape[1] * window_size(radius, window), H, W)
+
+
+@torch.library.custom_op("densecorr::local_offset_affinity_bwd", mutates_args=())
+def _local_offset_affinity_bwd(
+    grad: Tensor, q: Tensor, k: Tensor, offset: Tensor, attn: Tensor, radius: int, dilation: int, scale: float,
+    normalize: bool, boundary: str, window: str, backend: str,
+) -> tuple[Tensor, Tensor]:
+    B, D, H, W = q.shape
+    T = k.shape[1]
+    attn_shape = (B, T * window_size(radius, window), H, W)
+    check_saved(
+        "local_offset_affinity_bwd",
+        dict(k=(k, (B, T, D, H, W), q.dtype), grad=(grad, attn_shape, None), attn=(attn, attn_shape, None)),
+    )
+    offset = check_offset("local_offset_affinity_bwd", offset, (B, T, 2, H, W), q, radius, dilation)
+    return backends.run(
+        "local_offset_affinity_bwd", backend, grad, q, k, offset, attn, radius, dilation, scale, normalize, boundary,
+        window,
+    )
+
+
+@_local_offset_affinity_bwd.register_fake
+def _(grad, q, k, offset, attn, radius, dilation, scale, normalize, boundary, window, backend):
+    return torch.empty_like(q), torch.empty_like(k)
+
+
+def _local_offset_affinity_setup(ctx, inputs, output):
+    q, k, offset, *ctx.args = inputs
+    ctx.save_for_backward(q, k, offset, output)
+
+
+def _local_offset_affinity_backward(ctx, grad):
+    q, k, offset, attn = ctx.saved_tensors
+    dq, dk = _local_offset_affinity_bwd(grad.contiguous(), q, k, offset, attn, *ctx.args)
+    return (dq, dk, None) + (None,) * len(ctx.args)
+
+
+_local_offset_affinity_fwd.register_autograd(_local_offset_affinity_backward, setup_context=_local_offset_affinity_setup)
+
+
+@torch.library.custom_op("densecorr::local_offset_copy_fwd", mutates_args=())
+def _local_offset_copy_fwd(
+    attn: Tensor, v: Tensor, offset: Tensor, radius: int, dilation: int, boundary: str, window: str, backend: str
+) -> Tensor:
+    B, T, _, H, W = v.shape
+    offset = check_offset("local_copy", offset, (B, T, 2, H, W), v, radius, dilation)
+    return backends.run("local_offset_copy_fwd", backend, attn, v, offset, radius, dilation, boundary, window)
+
+
+@_local_offset_copy_fwd.register_fake
+def _(attn, v, offset, radius, dilation, boundary, window, backend):
+    B, _, H, W = attn.shape
+    return attn.new_empty(B, v.shape[2], H, W)
+
+
+@torch.library.custom_op("densecorr::local_offset_copy_bwd", mutates_args=())
+def _local_offset_copy_bwd(
+    grad: Tensor, attn: Tensor, v: Tensor, offset: Tensor, radius: int, dilation: int, boundary: str, window: str,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    B, T, C, H, W = v.shape
+    check_saved(
+        "local_offset_copy_bwd",
+        dict(attn=(attn, (B, T * window_size(radius, window), H, W), v.dtype), grad=(grad, (B, C, H, W), None)),
+    )
+    offset = check_offset("local_offset_copy_bwd", offset, (B, T, 2, H, W), v, radius, dilation)
+    return backends.run("local_offset_copy_bwd", backend, grad, attn, v, offset, radius, dilation, boundary, window)
+
+
+@_local_offset_copy_bwd.register_fake
+def _(grad, attn, v, offset, radius, dilation, boundary, window, backend):
+    return torch.empty_like(attn), torch.empty_like(v)
+
+
+def _local_offset_copy_setup(ctx, inputs, output):
+    attn, v, offset, *ctx.args = inputs
+    ctx.save_for_backward(attn, v, offset)
+
+
+def _local_offset_copy_backward(ctx, grad):
+    attn, v, offset = ctx.saved_tensors
+    dattn, dv = _local_offset_copy_bwd(grad.contiguous(), attn, v, offset, *ctx.args)
+    return (dattn, dv, None) + (None,) * len(ctx.args)
+
+
+_local_offset_copy_fwd.register_autograd(_local_offset_copy_backward, setup_context=_local_offset_copy_setup)
+
+
+@torch.library.custom_op("densecorr::local_offset_attention_fwd", mutates_args=())
+def _local_offset_attention_fwd(
+    q: Tensor, k: Tensor, v: Tensor, offset: Tensor, radius: int, dilation: int, scale: float, boundary: str,
+    window: str, topk: int, backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    B, _, H, W = q.shape
+    offset = check_offset("local_attention", offset, (B, k.shape[1], 2, H, W), q, radius, dilation)
+    return backends.run(
+        "local_offset_attention_fwd", backend, q, k, v, offset, radius, dilation, scale, boundary, window, topk
+    )
+
+
+@_local_offset_attention_fwd.register_fake
+def _(q, k, v, offset, radius, dilation, scale, boundary, window, topk, backend):
+    B, _, H, W = q.shape
+    return (
+        q.new_empty(B, v.shape[2], H, W),
+        q.new_empty(B, H, W, dtype=stats_dtype(q.dtype)),
+        q.new_empty(B, H, W, topk, dtype=torch.int64),
+    )
+
+
+@torch.library.custom_op("densecorr::local_offset_attention_bwd", mutates_args=())
+def _local_offset_attention_bwd(
+    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, offset: Tensor, out: Tensor, lse: Tensor, idx: Tensor, radius: int,
+    dilation: int, scale: float, boundary: str, window: str, backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    B, D, H, W = q.shape
+    T, C = k.shape[1], v.shape[2]
+    check_saved(
+        "local_offset_attention_bwd",
+        dict(k=(k, (B, T, D, H, W), q.dtype), v=(v, (B, T, C, H, W), q.dtype), grad=(grad, (B, C, H, W), None),
+             out=(out, (B, C, H, W), None), lse=(lse, (B, H, W), stats_dtype(q.dtype)),
+             idx=(idx, (B, H, W, idx.shape[-1] if idx.dim() == 4 else -1), torch.int64)),
+        idx, T * window_size(radius, window), "window position",
+    )
+    offset = check_offset("local_offset_attention_bwd", offset, (B, T, 2, H, W), q, radius, dilation)
+    return backends.run(
+        "local_offset_attention_bwd", backend, grad, q, k, v, offset, out, lse, idx, radius, dilation, scale, boundary,
+        window,
+    )
+
+
+@_local_offset_attention_bwd.register_fake
+def _(grad, q, k, v, offset, out, lse, idx, radius, dilation, scale, boundary, window, backend):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _local_offset_attention_setup(ctx, inputs, output):
+    q, k, v, offset, radius, dilation, scale, boundary, window, _topk, backend = inputs
+    out, lse, idx = output
+    ctx.save_for_backward(q, k, v, offset, out, lse, idx)
+    ctx.args = (radius, dilation, scale, boundary, window, backend)
+    ctx.mark_non_differentiable(lse, idx)
+
+
+def _local_offset_attention_backward(ctx, grad, _grad_lse, _grad_idx):
+    q, k, v, offset, out, lse, idx = ctx.saved_tensors
+    dq, dk, dv = _local_offset_attention_bwd(grad.contiguous(), q, k, v, offset, out, lse, idx, *ctx.args)
+    return (dq, dk, dv, None) + (None,) * 7
+
+
+_local_offset_attention_fwd.register_autograd(
+    _local_offset_attention_backward, setup_context=_local_offset_attention_setup
+)
+
+
 # --------------------------------------------------------------------------- windows larger than the image
 #
 # A window that reaches further than the image (radius*dilation >= H or W) has positions
@@ -271,7 +456,7 @@ def _check_query_refs(c: Checker, q: Tensor, refs: dict[str, Tensor]):
 
 def local_affinity(
     q: Tensor, k: Tensor, radius: int, dilation: int = 1, scale: float = 1.0, normalize: bool = True,
-    boundary: str = "mask", window: str = "square", *, backend: Optional[str] = None,
+    boundary: str = "mask", window: str = "square", *, offset: Optional[Tensor] = None, backend: Optional[str] = None,
 ) -> Tensor:
     """Windowed logits between each query pixel and its window in each reference.
 
@@ -280,6 +465,9 @@ def local_affinity(
         normalize: softmax jointly over all T*P positions; else the raw scaled logits
             (-inf at excluded positions when boundary="mask"). normalize=False with
             boundary="zero" is a drop-in for spatial_correlation_sampler.
+        offset: optional (B, T, 2, H, W) (or (B, 2, H, W) when T == 1) window offset (dy, dx)
+            in pixels per query pixel and reference, fractional offsets sampling k
+            bilinearly; boundary "mask" or "zero"; not differentiable (see docs/design.md).
     Returns:
         (B, T*P, H, W), position index t*P + p. Refused (ValueError) when the window
         reaches beyond the image and the output would exceed MAX_AFFINITY_ELEMENTS.
@@ -293,6 +481,9 @@ def local_affinity(
     scale, backend, normalize = c.scale(scale), c.backend(backend), bool(normalize)
     q, k5 = q.contiguous(), k5.contiguous()
     B, T, _, H, W = k5.shape
+    if offset is not None:  # no smaller window: an offset can move any position into the image
+        offset = c.offset(offset, q, B, T, H, W, boundary)
+        return _local_offset_affinity_fwd(q, k5, offset, radius, dilation, scale, normalize, boundary, window, backend)
     small = _smaller_window(H, W, radius, dilation, boundary, window, T)
     if small is None:
         return _local_affinity_fwd(q, k5, radius, dilation, scale, normalize, boundary, window, backend)
@@ -324,7 +515,7 @@ def local_affinity(
 
 def local_copy(
     attn: Tensor, v: Tensor, radius: int, dilation: int = 1, boundary: str = "mask", window: str = "square", *,
-    backend: Optional[str] = None,
+    offset: Optional[Tensor] = None, backend: Optional[str] = None,
 ) -> Tensor:
     """Restricted-window copying: out_j = sum_{i in window(j)} attn_{j,i} v_i.
 
@@ -332,6 +523,7 @@ def local_copy(
         attn: (B, T*P, H, W) weights in window order (e.g. from local_affinity).
         v: (B, C, H, W) or T references (B, T, C, H, W). Positions outside the image
             contribute nothing ("mask", "zero"); "clamp" shifts the window inside.
+        offset: optional window offset, as in local_affinity (v sampled bilinearly).
     Returns:
         (B, C, H, W).
     """
@@ -349,6 +541,11 @@ def local_copy(
             f"with a {window} window of radius {radius} have T*P = {positions}"
         )
     B, T, _, H, W = v5.shape
+    if offset is not None:
+        offset = c.offset(offset, v5, B, T, H, W, boundary)
+        return _local_offset_copy_fwd(
+            attn.contiguous(), v5.contiguous(), offset, radius, dilation, boundary, window, c.backend(backend)
+        )
     small = _smaller_window(H, W, radius, dilation, boundary, window, T)
     if small is not None:  # dropped positions are outside the image: they copy nothing
         kept = geometry.positions_kept(radius, window, small).to(attn.device)
@@ -359,7 +556,8 @@ def local_copy(
 
 def local_attention(
     q: Tensor, k: Tensor, v: Tensor, radius: int, dilation: int = 1, scale: float = 1.0, boundary: str = "mask",
-    window: str = "square", topk: Optional[int] = None, *, return_indices: bool = False, backend: Optional[str] = None,
+    window: str = "square", topk: Optional[int] = None, *, offset: Optional[Tensor] = None, return_indices: bool = False,
+    backend: Optional[str] = None,
 ):
     """Fused local_affinity + local_copy: never stores the (T*P, H, W) volume.
 
@@ -374,6 +572,9 @@ def local_attention(
             equivalent window ran), in no particular order. With boundary "mask" a pixel whose
             windows hold fewer than topk positions inside the image also names positions
             outside it (weight 0). Not differentiable.
+        offset: optional window offset, as in local_affinity (k and v sampled bilinearly);
+            with boundary "mask" a pixel whose shifted windows hold no position inside the
+            image gets output 0.
     Returns:
         (B, C, H, W), differentiable in q, k and v; with return_indices, (out, indices).
     """
@@ -390,6 +591,12 @@ def local_attention(
         c.fail("return_indices=True needs topk (the indices are those of the kept top-k positions)")
     scale, backend = c.scale(scale), c.backend(backend)
     q, k5, v5 = q.contiguous(), k5.contiguous(), v5.contiguous()
+    if offset is not None:
+        offset = c.offset(offset, q, q.shape[0], T, q.shape[2], q.shape[3], boundary)
+        out, _, idx = _local_offset_attention_fwd(
+            q, k5, v5, offset, radius, dilation, scale, boundary, window, topk, backend
+        )
+        return (out, idx) if return_indices else out
     small = _smaller_window(q.shape[2], q.shape[3], radius, dilation, boundary, window, T, topk)
     if small is not None and boundary == "zero" and not topk:
         padded = _zero_padding_reference(q, k5, v5, radius, dilation, scale, window, small)
