@@ -15,6 +15,9 @@
 //   local:   q (B, D, H, W), k (B, T, D, H, W), v (B, T, C, H, W), attn (B, T*P, H, W)
 //            out (B, C, H, W); lse (B, H, W); idx (B, H, W, topk) int64 window positions.
 //            boundary in {"mask", "zero", "clamp"}, window in {"square", "circle"}.
+//   local_offset_*: as local, plus offset (B, T, 2, H, W) (dy, dx per query pixel and
+//            reference, same dtype as q): the window is sampled bilinearly around
+//            (y + dy, x + dx); boundary "mask" or "zero" only.
 //   project: q (B, N, D), k (B, D, H, W); coords (B, N, 2) as (x, y); lse (B, N).
 #include "stable_api.h"
 #include "cpu/common.h"
@@ -28,6 +31,12 @@ STABLE_TORCH_LIBRARY(densecorr_ext, m) {
   m.def("local_copy_bwd(Tensor grad_out, Tensor attn, Tensor v, int radius, int dilation, str boundary, str window) -> (Tensor, Tensor)");
   m.def("local_attention_fwd(Tensor q, Tensor k, Tensor v, int radius, int dilation, float scale, str boundary, str window, int topk) -> (Tensor, Tensor, Tensor)");
   m.def("local_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor idx, int radius, int dilation, float scale, str boundary, str window) -> (Tensor, Tensor, Tensor)");
+  m.def("local_offset_affinity_fwd(Tensor q, Tensor k, Tensor offset, int radius, int dilation, float scale, bool normalize, str boundary, str window) -> Tensor");
+  m.def("local_offset_affinity_bwd(Tensor grad_attn, Tensor q, Tensor k, Tensor offset, Tensor attn, int radius, int dilation, float scale, bool normalize, str boundary, str window) -> (Tensor, Tensor)");
+  m.def("local_offset_copy_fwd(Tensor attn, Tensor v, Tensor offset, int radius, int dilation, str boundary, str window) -> Tensor");
+  m.def("local_offset_copy_bwd(Tensor grad_out, Tensor attn, Tensor v, Tensor offset, int radius, int dilation, str boundary, str window) -> (Tensor, Tensor)");
+  m.def("local_offset_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor offset, int radius, int dilation, float scale, str boundary, str window, int topk) -> (Tensor, Tensor, Tensor)");
+  m.def("local_offset_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor offset, Tensor out, Tensor lse, Tensor idx, int radius, int dilation, float scale, str boundary, str window) -> (Tensor, Tensor, Tensor)");
   m.def("project_coords_fwd(Tensor q, Tensor k, float scale) -> (Tensor, Tensor)");
   m.def("project_coords_bwd(Tensor grad_coords, Tensor q, Tensor k, Tensor coords, Tensor lse, float scale) -> (Tensor, Tensor)");
   // What this build contains, as bits: 1 CUDA kernels, 4 the AVX2+FMA CPU kernels
