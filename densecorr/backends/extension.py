@@ -19,16 +19,24 @@ CPU_NATIVE = (torch.float32, torch.float64)  # what the C++ CPU kernels take
 CPU_DTYPES = CPU_NATIVE + HALF
 CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # Outputs that are softmax statistics (kept float32 for half-precision inputs).
-_STATS_OUTPUTS = {"global_attention_fwd": (1,), "project_coords_fwd": (1,), "local_attention_fwd": (1,)}
+_STATS_OUTPUTS = {"global_attention_fwd": (1,), "project_coords_fwd": (1,), "local_attention_fwd": (1,),
+                  "local_offset_attention_fwd": (1,)}
 
 
 def _problem() -> str | None:
     return None if _ext._C is not None else f"the extension densecorr._C is not built ({_ext.EXTENSION_ERROR})"
 
 
+def _has_kernel(name: str, key: str) -> bool:
+    try:
+        return _ext.has_kernel(name, key)
+    except RuntimeError:  # an op this build of the extension does not define (an older build)
+        return False
+
+
 def _lookup(key: str):
     def kernel(name: str):
-        if _ext._C is not None and not _ext.has_kernel(name, key):
+        if _ext._C is not None and not _has_kernel(name, key):
             return None
         if key == "CPU":
             return _cpu_kernel(name)
@@ -57,8 +65,11 @@ _RECOMPUTE_OUT = {
     "project_coords_bwd": lambda a: torch.ops.densecorr_ext.project_coords_fwd(a[1], a[2], a[5])[0],
     "local_attention_bwd": lambda a: torch.ops.densecorr_ext.local_attention_fwd(
         a[1], a[2], a[3], a[7], a[8], a[9], a[10], a[11], a[6].shape[-1])[0],
+    "local_offset_attention_bwd": lambda a: torch.ops.densecorr_ext.local_offset_attention_fwd(
+        a[1], a[2], a[3], a[4], a[8], a[9], a[10], a[11], a[12], a[7].shape[-1])[0],
 }
-_OUT_ARG = {"global_attention_bwd": 4, "project_coords_bwd": 3, "local_attention_bwd": 4}
+_OUT_ARG = {"global_attention_bwd": 4, "project_coords_bwd": 3, "local_attention_bwd": 4,
+            "local_offset_attention_bwd": 5}
 
 
 def _upcast_by_batch(name, op, dtype, args):
