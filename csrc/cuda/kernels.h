@@ -51,6 +51,27 @@ const char* local_attention_bwd(DType dt, const Window& w, const void* grad, con
                                 int64_t topk, double scale, void* dq_acc, void* dk_acc, void* dv_acc,
                                 void* delta_acc, void* stream);
 
+// The local ops with a per-query, per-reference window offset: offset_acc (B, T, 2, H, W)
+// (dy, dx) in the accumulation type; boundary kMask or kZero (the glue refuses kClamp).
+// Every gradient output is zero-filled by the caller (dk, dv are scattered with atomics).
+const char* local_offset_affinity_fwd(DType dt, const Window& w, const void* q, const void* k, const void* offset_acc,
+                                      double scale, bool normalize, void* attn_acc, void* stream);
+const char* local_offset_affinity_bwd(DType dt, const Window& w, const void* grad, const void* q, const void* k,
+                                      const void* offset_acc, const void* attn, double scale, bool normalize,
+                                      void* dq_acc, void* dk_acc, void* stream);
+const char* local_offset_copy_fwd(DType dt, const Window& w, const void* attn, const void* v, const void* offset_acc,
+                                  void* out_acc, void* stream);
+const char* local_offset_copy_bwd(DType dt, const Window& w, const void* grad, const void* attn, const void* v,
+                                  const void* offset_acc, void* dattn_acc, void* dv_acc, void* stream);
+// topk > 0: idx and topv_acc (B, H, W, topk) as in local_attention_fwd.
+const char* local_offset_attention_fwd(DType dt, const Window& w, const void* q, const void* k, const void* v,
+                                       const void* offset_acc, double scale, int64_t topk, void* out_acc,
+                                       void* lse_acc, int64_t* idx, void* topv_acc, void* stream);
+const char* local_offset_attention_bwd(DType dt, const Window& w, const void* grad, const void* q, const void* k,
+                                       const void* v, const void* offset_acc, const void* out, const void* lse_acc,
+                                       const int64_t* idx, int64_t topk, double scale, void* dq_acc, void* dk_acc,
+                                       void* dv_acc, void* stream);
+
 const char* project_coords_fwd(DType dt, int64_t B, int64_t N, int64_t H, int64_t W, int64_t D, const void* q,
                                const void* k, double scale, void* coords_acc, void* lse_acc, void* stream);
 // dq_acc, dk_acc zero-filled by the caller.

@@ -35,7 +35,7 @@ _PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16",
 def _calls(quick: bool):
     """(name, thunk) pairs: each thunk calls one Triton wrapper on small CPU tensors."""
     from densecorr.triton import global_attention as ga, local_attention as la
-    from densecorr.triton import local_window as lw, project_coords as pc
+    from densecorr.triton import local_offset as lo, local_window as lw, project_coords as pc
 
     dtypes = [torch.bfloat16] if quick else [torch.float32, torch.float16, torch.bfloat16]
     widths = [(64, 3), (256, 7)] if quick else [(3, 1), (64, 3), (128, 7), (256, 16), (512, 3)]
@@ -78,6 +78,26 @@ def _calls(quick: bool):
                                 lw.local_affinity_bwd(attn, q, k, attn, 2, 1, 0.5, False, b, "square"),
                                 lw.local_copy_fwd(attn, v, 2, 1, b, "square"),
                                 lw.local_copy_bwd(t(1, v.shape[2], 12, 12), attn, v, 2, 1, b, "square"))))
+                if boundary == "clamp":  # refused with offsets
+                    continue
+                off = torch.randn(1, 2, 2, 12, 12)
+                for topk in topks[:3]:
+                    idx = torch.zeros(1, 12, 12, topk, dtype=torch.int64)
+                    out.append((f"local_offset_attention D={D} C={C} {boundary} topk={topk} {dt}",
+                                lambda q=q, k=k, v=v, off=off, topk=topk, idx=idx, b=boundary: (
+                                    lo.local_offset_attention_fwd(q, k, v, off, 2, 1, 0.5, b, "circle", topk),
+                                    lo.local_offset_attention_bwd(t(1, v.shape[2], 12, 12), q, k, v, off,
+                                                                  t(1, v.shape[2], 12, 12), torch.zeros(1, 12, 12),
+                                                                  idx, 2, 1, 0.5, b, "circle"))))
+                out.append((f"local_offset_affinity/copy D={D} C={C} {boundary} {dt}",
+                            lambda q=q, k=k, v=v, off=off, attn=attn, b=boundary: (
+                                lo.local_offset_affinity_fwd(q, k, off, 2, 1, 0.5, True, b, "square"),
+                                lo.local_offset_affinity_fwd(q, k, off, 2, 1, 0.5, False, b, "square"),
+                                lo.local_offset_affinity_bwd(attn, q, k, off, attn, 2, 1, 0.5, True, b, "square"),
+                                lo.local_offset_affinity_bwd(attn, q, k, off, attn, 2, 1, 0.5, False, b, "square"),
+                                lo.local_offset_copy_fwd(attn, v, off, 2, 1, b, "square"),
+                                lo.local_offset_copy_bwd(t(1, v.shape[2], 12, 12), attn, v, off, 2, 1, b,
+                                                         "square"))))
     return out
 
 
