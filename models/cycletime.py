@@ -72,11 +72,12 @@ from .registry import CorrespondenceModel, ModelConfig, register_model
 
 @dataclasses.dataclass
 class CycleTimeConfig(ModelConfig):
-    """arch/width/out_dim: backbone (ResNet-50 res4 at stride 1, 1 x 1 projection to out_dim;
+    """arch/stride/width/out_dim: backbone (ResNet-50 res4 at stride 1, 1 x 1 projection to out_dim;
+    stride: output stride, 8 (TimeCycle's) or 4 (a "resnet18" trunk only);
     stages: residual stages of a "resnet18" trunk, 2-4; padding: "zeros" or "reflect");
     clip_length frames, the last holds the initial patch; frame_size: side of the (square)
     training frames; patch_scale: patch side / frame side (the fixed scale); patch_cells:
-    side of the patch grid (the patch image is encoded at 8 * patch_cells pixels);
+    side of the patch grid (the patch image is encoded at stride * patch_cells pixels);
     max_rotation: the initial patch's rotation range (+- degrees); motion_windows: the
     patch is placed at one of this many highest-motion windows (0: anywhere); encode_crops:
     each tracking step's new patch is an image crop encoded on its own instead of a crop of
@@ -87,6 +88,7 @@ class CycleTimeConfig(ModelConfig):
     paper's); regressor_channels; loss weights."""
 
     arch: str = "resnet50_res4"
+    stride: int = 8
     width: int = 64
     out_dim: int = 512
     stages: int = 4
@@ -111,8 +113,10 @@ class CycleTimeConfig(ModelConfig):
             raise ValueError(f"CycleTimeConfig.clip_length must be >= 2, got {self.clip_length}")
         if not 0 < self.patch_scale <= 1:
             raise ValueError(f"CycleTimeConfig.patch_scale must be in (0, 1], got {self.patch_scale}")
-        if self.frame_size % 8:
-            raise ValueError(f"CycleTimeConfig.frame_size must be a multiple of the stride 8, got {self.frame_size}")
+        if self.stride not in (4, 8):
+            raise ValueError(f"CycleTimeConfig.stride must be 4 or 8, got {self.stride}")
+        if self.frame_size % self.stride:
+            raise ValueError(f"CycleTimeConfig.frame_size must be a multiple of the stride {self.stride}, got {self.frame_size}")
         if not 0 <= self.max_rotation <= 90:
             raise ValueError(f"CycleTimeConfig.max_rotation must be in [0, 90] degrees, got {self.max_rotation}")
         if not 0 <= self.motion_windows <= 36:
@@ -175,9 +179,9 @@ class CycleTime(CorrespondenceModel):
 
     def __init__(self, config: CycleTimeConfig):
         super().__init__(config)
-        self.backbone = build_backbone(config.arch, 8, config.width, config.out_dim, in_channels=3, stages=config.stages,
+        self.backbone = build_backbone(config.arch, config.stride, config.width, config.out_dim, in_channels=3, stages=config.stages,
                                        padding=config.padding)
-        cells = config.frame_size // 8
+        cells = config.frame_size // config.stride
         self.regressor = TransformRegressor(cells * cells, config.regressor_channels)
         # Fixed points whose transformed positions measure how far two transforms disagree.
         g = torch.linspace(-1.0, 1.0, 20)
@@ -189,7 +193,7 @@ class CycleTime(CorrespondenceModel):
 
     @property
     def stride(self) -> int:
-        return 8
+        return self.config.stride
 
     @property
     def scale(self) -> float:
@@ -197,11 +201,11 @@ class CycleTime(CorrespondenceModel):
         return 1.0 / t if t is not None else math.sqrt(self.config.out_dim)
 
     def features(self, frames: torch.Tensor) -> torch.Tensor:
-        """frames (B, 3, H, W) -> unnormalised features (B, D, H / 8, W / 8) (after ReLU)."""
+        """frames (B, 3, H, W) -> unnormalised features (B, D, H / stride, W / stride) (after ReLU)."""
         return F.relu(self.backbone(normalise_rgb(frames)))
 
     def embed(self, frames: torch.Tensor) -> torch.Tensor:
-        """frames (B, 3, H, W) RGB in [0, 1] -> L2-normalised features (B, D, H / 8, W / 8)."""
+        """frames (B, 3, H, W) RGB in [0, 1] -> L2-normalised features (B, D, H / stride, W / stride)."""
         self.check_frames(frames)
         return F.normalize(self.features(frames), dim=1)
 
@@ -314,8 +318,8 @@ class CycleTime(CorrespondenceModel):
 
     def encode_patch(self, frame: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         """frame (B, 3, H, W), theta (B, 2, 3) -> the crop's own normalised features
-        (B, D, patch_cells, patch_cells), from an image crop of 8 * patch_cells pixels."""
-        side = 8 * self.config.patch_cells
+        (B, D, patch_cells, patch_cells), from an image crop of stride * patch_cells pixels."""
+        side = self.config.stride * self.config.patch_cells
         grid = F.affine_grid(theta, [frame.shape[0], 3, side, side], align_corners=False)
         crop = F.grid_sample(frame, grid, mode="bilinear", padding_mode="border", align_corners=False)
         return F.normalize(self.features(crop), dim=1)
