@@ -57,8 +57,8 @@ __device__ __forceinline__ bool taps_of(const Window& w, int y, int x, int p, co
   const int yy = y + s.iy + (__ldg(w.wy + p) - w.radius) * w.dilation;
   const int xx = x + s.ix + (__ldg(w.wx + p) - w.radius) * w.dilation;
   if (w.boundary == kMask) {
-    const A py = A(yy) + s.fy, px = A(xx) + s.fx;
-    if (!(py >= 0 && py <= A(w.H - 1) && px >= 0 && px <= A(w.W - 1))) return false;
+    // In integers (as the reference): Y = yy + fy <= H-1 iff yy + (fy > 0) <= H-1.
+    if (yy < 0 || yy + (s.fy > 0) > w.H - 1 || xx < 0 || xx + (s.fx > 0) > w.W - 1) return false;
   }
   const A wy[2] = {A(1) - s.fy, s.fy}, wx[2] = {A(1) - s.fx, s.fx};
   tp.n = 0;

@@ -238,6 +238,143 @@ std::tuple<Tensor, Tensor, Tensor> local_attention_bwd_cuda(const Tensor& grad_,
   return {to(dq, q.scalar_type()), to(dk, k.scalar_type()), to(dv, v.scalar_type())};
 }
 
+// The offset ops: the plain ops' geometry (no clamp) and the offset, checked and cast to the
+// accumulation type (the kernels read it as such).
+LocalCall offset_call(const char* op, const Tensor& q_or_attn, const Tensor& offset, Tensor& off_acc, int64_t B,
+                      int64_t T, int64_t D, int64_t H, int64_t W, int64_t C, int64_t radius, int64_t dilation,
+                      const std::string& boundary, const std::string& window, ScalarType acc) {
+  DC_CHECK(boundary == "mask" || boundary == "zero", "densecorr cuda ", op,
+           ": boundary must be 'mask' or 'zero' with an offset, not '", boundary, "'");
+  DC_CHECK(offset.dim() == 5 && offset.size(0) == B && offset.size(1) == T && offset.size(2) == 2 &&
+               offset.size(3) == H && offset.size(4) == W,
+           "densecorr cuda ", op, ": offset must have shape (B, T, 2, H, W) = (", B, ", ", T, ", 2, ", H, ", ", W,
+           ")");
+  off_acc = dense(to(offset, acc));
+  return local_call(op, q_or_attn, B, T, D, H, W, C, radius, dilation, boundary, window);
+}
+
+Tensor local_offset_affinity_fwd_cuda(const Tensor& q_, const Tensor& k_, const Tensor& offset_, int64_t radius,
+                                      int64_t dilation, double scale, bool normalize, std::string boundary,
+                                      std::string window) {
+  const char* op = "local_offset_affinity_fwd";
+  check_inputs(op, {{"q", &q_}, {"k", &k_}, {"offset", &offset_}});
+  st::accelerator::DeviceGuard guard(q_.get_device_index());
+  Tensor q = dense(q_), k = dense(k_), off;
+  const int64_t B = q.size(0), D = q.size(1), H = q.size(2), W = q.size(3), T = k.size(1);
+  const ScalarType acc = acc_type(q);
+  LocalCall c = offset_call(op, q, offset_, off, B, T, D, H, W, 0, radius, dilation, boundary, window, acc);
+  Tensor attn = densecorr::empty({B, T * c.w.P, H, W}, q, acc);
+  check(local_offset_affinity_fwd(dtype_of(q, op), c.w, q.data_ptr(), k.data_ptr(), off.data_ptr(), scale, normalize,
+                                  attn.data_ptr(), stream_of(q)),
+        op);
+  return to(attn, q.scalar_type());
+}
+
+std::tuple<Tensor, Tensor> local_offset_affinity_bwd_cuda(const Tensor& grad_, const Tensor& q_, const Tensor& k_,
+                                                          const Tensor& offset_, const Tensor& attn_, int64_t radius,
+                                                          int64_t dilation, double scale, bool normalize,
+                                                          std::string boundary, std::string window) {
+  const char* op = "local_offset_affinity_bwd";
+  check_inputs(op, {{"grad_attn", &grad_}, {"q", &q_}, {"k", &k_}, {"offset", &offset_}, {"attn", &attn_}});
+  st::accelerator::DeviceGuard guard(q_.get_device_index());
+  Tensor q = dense(q_), k = dense(k_), off;
+  Tensor grad = dense(to(grad_, q.scalar_type())), attn = dense(to(attn_, q.scalar_type()));
+  const int64_t B = q.size(0), D = q.size(1), H = q.size(2), W = q.size(3), T = k.size(1);
+  const ScalarType acc = acc_type(q);
+  LocalCall c = offset_call(op, q, offset_, off, B, T, D, H, W, 0, radius, dilation, boundary, window, acc);
+  Tensor dq = densecorr::zeros(q.sizes(), q, acc), dk = densecorr::zeros(k.sizes(), k, acc);
+  check(local_offset_affinity_bwd(dtype_of(q, op), c.w, grad.data_ptr(), q.data_ptr(), k.data_ptr(), off.data_ptr(),
+                                  attn.data_ptr(), scale, normalize, dq.data_ptr(), dk.data_ptr(), stream_of(q)),
+        op);
+  return {to(dq, q.scalar_type()), to(dk, k.scalar_type())};
+}
+
+Tensor local_offset_copy_fwd_cuda(const Tensor& attn_, const Tensor& v_, const Tensor& offset_, int64_t radius,
+                                  int64_t dilation, std::string boundary, std::string window) {
+  const char* op = "local_offset_copy_fwd";
+  check_inputs(op, {{"attn", &attn_}, {"v", &v_}, {"offset", &offset_}});
+  st::accelerator::DeviceGuard guard(v_.get_device_index());
+  Tensor v = dense(v_), attn = dense(to(attn_, v.scalar_type())), off;
+  const int64_t B = v.size(0), T = v.size(1), C = v.size(2), H = v.size(3), W = v.size(4);
+  const ScalarType acc = acc_type(v);
+  LocalCall c = offset_call(op, v, offset_, off, B, T, 0, H, W, C, radius, dilation, boundary, window, acc);
+  DC_CHECK(attn.size(1) == T * c.w.P, "densecorr cuda ", op, ": attn has ", attn.size(1),
+           " window positions, expected T*P = ", T * c.w.P);
+  Tensor out = densecorr::empty({B, C, H, W}, v, acc);
+  check(local_offset_copy_fwd(dtype_of(v, op), c.w, attn.data_ptr(), v.data_ptr(), off.data_ptr(), out.data_ptr(),
+                              stream_of(v)),
+        op);
+  return to(out, v.scalar_type());
+}
+
+std::tuple<Tensor, Tensor> local_offset_copy_bwd_cuda(const Tensor& grad_, const Tensor& attn_, const Tensor& v_,
+                                                      const Tensor& offset_, int64_t radius, int64_t dilation,
+                                                      std::string boundary, std::string window) {
+  const char* op = "local_offset_copy_bwd";
+  check_inputs(op, {{"grad_out", &grad_}, {"attn", &attn_}, {"v", &v_}, {"offset", &offset_}});
+  st::accelerator::DeviceGuard guard(v_.get_device_index());
+  Tensor v = dense(v_), off;
+  Tensor grad = dense(to(grad_, v.scalar_type())), attn = dense(to(attn_, v.scalar_type()));
+  const int64_t B = v.size(0), T = v.size(1), C = v.size(2), H = v.size(3), W = v.size(4);
+  const ScalarType acc = acc_type(v);
+  LocalCall c = offset_call(op, v, offset_, off, B, T, 0, H, W, C, radius, dilation, boundary, window, acc);
+  DC_CHECK(attn.size(1) == T * c.w.P, "densecorr cuda ", op, ": attn has ", attn.size(1),
+           " window positions, expected T*P = ", T * c.w.P);
+  Tensor dattn = densecorr::empty(attn.sizes(), attn, acc), dv = densecorr::zeros(v.sizes(), v, acc);
+  check(local_offset_copy_bwd(dtype_of(v, op), c.w, grad.data_ptr(), attn.data_ptr(), v.data_ptr(), off.data_ptr(),
+                              dattn.data_ptr(), dv.data_ptr(), stream_of(v)),
+        op);
+  return {to(dattn, attn_.scalar_type()), to(dv, v.scalar_type())};
+}
+
+std::tuple<Tensor, Tensor, Tensor> local_offset_attention_fwd_cuda(const Tensor& q_, const Tensor& k_,
+                                                                   const Tensor& v_, const Tensor& offset_,
+                                                                   int64_t radius, int64_t dilation, double scale,
+                                                                   std::string boundary, std::string window,
+                                                                   int64_t topk) {
+  const char* op = "local_offset_attention_fwd";
+  check_inputs(op, {{"q", &q_}, {"k", &k_}, {"v", &v_}, {"offset", &offset_}});
+  st::accelerator::DeviceGuard guard(q_.get_device_index());
+  Tensor q = dense(q_), k = dense(k_), v = dense(v_), off;
+  const int64_t B = q.size(0), D = q.size(1), H = q.size(2), W = q.size(3), T = k.size(1), C = v.size(2);
+  const ScalarType acc = acc_type(q);
+  LocalCall c = offset_call(op, q, offset_, off, B, T, D, H, W, C, radius, dilation, boundary, window, acc);
+  DC_CHECK(topk >= 0 && topk <= T * c.w.P, "densecorr cuda ", op, ": topk=", topk, " must be in [0, T*P=",
+           T * c.w.P, "]");
+  Tensor out = densecorr::empty({B, C, H, W}, q, acc), lse = densecorr::empty({B, H, W}, q, acc);
+  Tensor idx = densecorr::empty({B, H, W, topk}, q, ScalarType::Long);
+  Tensor topv = densecorr::empty({B, H, W, topk}, q, acc);
+  check(local_offset_attention_fwd(dtype_of(q, op), c.w, q.data_ptr(), k.data_ptr(), v.data_ptr(), off.data_ptr(),
+                                   scale, topk, out.data_ptr(), lse.data_ptr(), densecorr::ptr<int64_t>(idx),
+                                   topv.data_ptr(), stream_of(q)),
+        op);
+  return {to(out, q.scalar_type()), lse, idx};
+}
+
+std::tuple<Tensor, Tensor, Tensor> local_offset_attention_bwd_cuda(
+    const Tensor& grad_, const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& offset_,
+    const Tensor& out_, const Tensor& lse_, const Tensor& idx_, int64_t radius, int64_t dilation, double scale,
+    std::string boundary, std::string window) {
+  const char* op = "local_offset_attention_bwd";
+  check_inputs(op, {{"grad_out", &grad_}, {"q", &q_}, {"k", &k_}, {"v", &v_}, {"offset", &offset_}, {"out", &out_},
+                    {"lse", &lse_}, {"idx", &idx_}});
+  st::accelerator::DeviceGuard guard(q_.get_device_index());
+  Tensor q = dense(q_), k = dense(k_), v = dense(v_), off;
+  Tensor grad = dense(to(grad_, q.scalar_type())), out = dense(to(out_, q.scalar_type()));
+  const ScalarType acc = acc_type(q);
+  Tensor lse = dense(to(lse_, acc)), idx = dense(to(idx_, ScalarType::Long));
+  const int64_t B = q.size(0), D = q.size(1), H = q.size(2), W = q.size(3), T = k.size(1), C = v.size(2);
+  LocalCall c = offset_call(op, q, offset_, off, B, T, D, H, W, C, radius, dilation, boundary, window, acc);
+  Tensor dq = densecorr::zeros(q.sizes(), q, acc), dk = densecorr::zeros(k.sizes(), k, acc),
+         dv = densecorr::zeros(v.sizes(), v, acc);
+  check(local_offset_attention_bwd(dtype_of(q, op), c.w, grad.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(),
+                                   off.data_ptr(), out.data_ptr(), lse.data_ptr(), densecorr::ptr<int64_t>(idx),
+                                   idx.size(idx.dim() - 1), scale, dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+                                   stream_of(q)),
+        op);
+  return {to(dq, q.scalar_type()), to(dk, k.scalar_type()), to(dv, v.scalar_type())};
+}
+
 std::tuple<Tensor, Tensor> project_coords_fwd_cuda(const Tensor& q_, const Tensor& k_, double scale) {
   check_inputs("project_coords_fwd", {{"q", &q_}, {"k", &k_}});
   st::accelerator::DeviceGuard guard(q_.get_device_index());
@@ -280,6 +417,12 @@ STABLE_TORCH_LIBRARY_IMPL(densecorr_ext, CUDA, m) {
   m.impl("local_copy_bwd", TORCH_BOX(&local_copy_bwd_cuda));
   m.impl("local_attention_fwd", TORCH_BOX(&local_attention_fwd_cuda));
   m.impl("local_attention_bwd", TORCH_BOX(&local_attention_bwd_cuda));
+  m.impl("local_offset_affinity_fwd", TORCH_BOX(&local_offset_affinity_fwd_cuda));
+  m.impl("local_offset_affinity_bwd", TORCH_BOX(&local_offset_affinity_bwd_cuda));
+  m.impl("local_offset_copy_fwd", TORCH_BOX(&local_offset_copy_fwd_cuda));
+  m.impl("local_offset_copy_bwd", TORCH_BOX(&local_offset_copy_bwd_cuda));
+  m.impl("local_offset_attention_fwd", TORCH_BOX(&local_offset_attention_fwd_cuda));
+  m.impl("local_offset_attention_bwd", TORCH_BOX(&local_offset_attention_bwd_cuda));
   m.impl("project_coords_fwd", TORCH_BOX(&project_coords_fwd_cuda));
   m.impl("project_coords_bwd", TORCH_BOX(&project_coords_bwd_cuda));
 }

@@ -50,9 +50,9 @@ def _points(y, x, iy, ix, fy, fx, ky, kx, H, W, r, dil):
     (ky, kx) (broadcasting), and whether each point lies in [0, H-1] x [0, W-1]."""
     yy = y + iy + (ky - r) * dil
     xx = x + ix + (kx - r) * dil
-    py = yy.to(tl.float32) + fy
-    px = xx.to(tl.float32) + fx
-    inside = (py >= 0) & (py <= H - 1) & (px >= 0) & (px <= W - 1)
+    # In integers (as the reference): Y = yy + fy <= H-1 iff yy + (fy > 0) <= H-1.
+    inside = (yy >= 0) & (yy + (fy > 0).to(tl.int32) <= H - 1)
+    inside = inside & (xx >= 0) & (xx + (fx > 0).to(tl.int32) <= W - 1)
     return yy, xx, inside
 
 
