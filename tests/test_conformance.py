@@ -10,10 +10,10 @@ reference was within MIN_MARGIN of a tie) and compared:
 - test_first_labels: how the first frame's id mask is brought to the feature grid;
 - test_masks: the output id masks, end to end from a full-resolution first mask.
 
-Where densecorr's protocol still differs from the reference the test is a strict xfail whose
-reason is the exact difference: it starts failing (XPASS) as soon as the protocol is fixed, and
-then the mark goes. The test_<method>_* tests check the encodings themselves on cases that can
-be worked out by hand.
+Every protocol conforms (docs/protocols.md lists what densecorr does not reproduce: frame
+resizing and output file conventions, outside these comparisons). The test_<method>_* tests
+check the encodings themselves on cases that can be worked out by hand, and where densecorr has
+an option for a reference's quirk or bug, that option too.
 """
 from __future__ import annotations
 
@@ -22,8 +22,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from densecorr.data import DataError
 
 from conformance import corrflow, crw, cycletime, dino, driver, mast, uvc
 from conformance.common import bilinear, consecutive_margin, l2n, nearest_index, one_hot_ids, pil_nearest, sample_bilinear_zeros, window, topk_margin
@@ -71,81 +69,6 @@ MIN_MARGIN = 1.5e-5
 # output pixels whose two best label scores are closer than this may differ (float rounding)
 PIXEL_MARGIN = 1e-5
 
-REASONS = {
-    "crw": (
-        "densecorr crw takes frame 0 once (global) and the previous frames max(1, t-20)..t-1 in circles "
-        "dy^2+dx^2 <= 144; videowalk pads the video with 20 copies of frame 0 (code/data/vos.py:148-149, "
-        "code/utils/test_utils.py:123-138), so for t <= 20 frame 0 is also a local window 21-t times in the "
-        "joint top-10, and its circle is strict, sqrt(dy^2+dx^2) < 12 (code/utils/__init__.py:355-356)"
-    ),
-    "dino": "densecorr has no 'dino' protocol (eval_video_segmentation.py: frame 0 + 7 previous, square radius 12 on "
-    "every reference, top-5 jointly of exp(q.k/0.1) renormalised, soft feedback)",
-    "uvc": (
-        "densecorr uvc: one top-5 jointly over frame 0 + 7 previous of softmax(20 q.k) on L2-normalised features, "
-        "renormalised; UVC: each reference alone, softmax over its positions of the raw features' q.k (temp 1, "
-        "libs/model.py:216-217), its top-5 softmax weights kept unrenormalised (libs/test_utils.py:30-36), "
-        "the 1 + len(queue) predictions averaged (test.py:102-111)"
-    ),
-    "cycletime": (
-        "densecorr cycletime: one top-5 jointly over frame 0 + 7 previous of softmax(20 q.k), renormalised, soft "
-        "labels fed back as they are; TimeCycle: per reference softmax of sqrt(512) q.k over its positions "
-        "(models/videos/model_test.py:111-114), its top-5 probabilities unrenormalised, summed over the 8 "
-        "references / 8 (test_davis.py:455-491), each channel min-max normalised and fed back so (493-499); "
-        "the 8 references are padded with copies of frame 0 (models/dataset/davis_test.py:83-89) and real frame "
-        "0's slot holds frame 0's own prediction (test_davis.py:499)"
-    ),
-    "corrflow": (
-        "densecorr corrflow: L2-normalised features, s = 20, argmax fed back on the feature grid; CorrFlow: raw "
-        "features, no temperature (models/colorizer.py:35-40), argmax at full resolution after bilinear "
-        "upsampling (benchmark.py:83-84) brought back to the grid by bilinear interpolation of the ids as "
-        "numbers, truncated (models/colorizer.py:22-27)"
-    ),
-    "mast": (
-        "densecorr mast: L2-normalised features, s = 20, window positions outside the image excluded, argmax fed "
-        "back on the grid; MAST: raw features, no temperature, outside positions in the softmax with logit 0 and "
-        "label 0 (boundary 'zero', models/colorizer.py:90-96, 102), argmax at full resolution (benchmark.py:"
-        "103-106) subsampled [::4, ::4] (models/colorizer.py:43)"
-    ),
-}
-REASONS["mast-long-term"] = REASONS["mast"] + (
-    "; and densecorr has no long-term memory: for t - x > 15 MAST finds each query's expected offset by a "
-    "dilated 25x25 search and takes the fine window around it (ROI localisation, models/colorizer.py:59-88), "
-    "each reference with its own offset as in the paper (needs a per-query, per-reference window offset)"
-)
-
-FIRST_REASONS = {
-    "crw": "densecorr area-averages the one-hot mask onto the grid; videowalk resizes it with cv2 INTER_LINEAR "
-    "(bilinear, no antialiasing: the 2x2 pixels at each cell's centre) (code/data/vos.py:262)",
-    "dino": "densecorr has no 'dino' protocol (its rule: area average of the one-hot mask); DINO takes the id at pixel floor((x + 0.5) * 16) "
-    "(PIL NEAREST, eval_video_segmentation.py:239) and one-hots it",
-    "uvc": "densecorr area-averages the one-hot mask; UVC takes the id at pixel floor((x + 0.5) * 8) "
-    "(scipy.misc.imresize nearest, libs/test_utils.py:111) and one-hots it",
-    "cycletime": "densecorr area-averages the one-hot mask; TimeCycle resizes it with cv2 INTER_LINEAR "
-    "(test_davis.py:338)",
-    "corrflow": "densecorr area-averages the one-hot mask; CorrFlow interpolates the ids as numbers (bilinear, 1/4), "
-    "truncates them and one-hots the result (models/colorizer.py:22-27)",
-    "mast": "densecorr area-averages the one-hot mask; MAST one-hots the id mask subsampled [::4, ::4] (the "
-    "top-left pixel of each cell, models/colorizer.py:43-46)",
-}
-
-MASK_REASONS = {
-    p: "the first labels and the propagation differ (test_first_labels, test_propagation)" for p in FIRST_REASONS
-}
-MASK_REASONS["dino"] = "densecorr has no 'dino' protocol (and DINO min-max normalises each upsampled channel before the argmax, eval_video_segmentation.py:75, 102-110)"
-MASK_REASONS["uvc"] += "; and UVC min-max normalises each upsampled channel before the argmax (test.py:127, libs/utils.py:110-122)"
-
-
-# protocols that conform (their xfail marks removed)
-CONFORMING = {"dino", "crw", "uvc", "corrflow", "mast", "cycletime"}
-CONFORMING_PROPAGATION = CONFORMING
-
-
-def xfail(reason: str, missing: bool = False):
-    """Strict xfail that counts only the failure it names: a wrong value (AssertionError), or,
-    for a protocol densecorr lacks (`missing`), get_protocol's DataError; any other error fails."""
-    return pytest.mark.xfail(strict=True, reason=reason, raises=DataError if missing else AssertionError)
-
-
 def _reference(case: str, feats: torch.Tensor, labels0: torch.Tensor):
     if case == "crw":
         return crw.propagate(feats, labels0)
@@ -163,7 +86,7 @@ def _reference(case: str, feats: torch.Tensor, labels0: torch.Tensor):
 # --------------------------------------------------------------------------- densecorr vs reference
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=() if c in CONFORMING_PROPAGATION else xfail(REASONS[c], c == "dino")) for c in CASES])
+@pytest.mark.parametrize("case", list(CASES))
 def test_propagation(case):
     cfg = CASES[case]
     feats = features(cfg["T"], cfg["seed"], norms=cfg.get("norms", (2.0, 4.0)))
@@ -173,6 +96,24 @@ def test_propagation(case):
     protocol = case.split("-")[0]
     ours = driver.labels(protocol, feats, labels0, cfg["stride"])
     assert ours.shape == ref.shape
+    diff = (ours - ref).abs().max().item()
+    assert diff <= ATOL, f"max abs difference of the label maps {diff:.3g}"
+
+
+@pytest.mark.parametrize("bugs", ["shared_offset", "half_pixel", "both"])
+def test_propagation_mast_code_bugs(bugs):
+    """MAST's released code (its bugs as options of densecorr's mast protocol) against the
+    encoding's `shared_offset` / `half_pixel`, on the long-term case; on these features each
+    option changes the labels by far more than the tolerance, so the comparison can fail."""
+    cfg = CASES["mast-long-term"]
+    feats = features(cfg["T"], cfg["seed"], norms=cfg["norms"])
+    labels0 = grid_labels()
+    shared, half = bugs in ("shared_offset", "both"), bugs in ("half_pixel", "both")
+    ref, margin = mast.propagate(feats, labels0, shared_offset=shared, half_pixel=half)
+    assert margin > MIN_MARGIN, f"test data too close to a tie ({margin:.3g})"
+    paper, _ = mast.propagate(feats, labels0)
+    assert (ref - paper).abs().max() > 30 * ATOL
+    ours = driver.labels("mast", feats, labels0, cfg["stride"], roi_shared_offset=shared, roi_half_pixel=half)
     diff = (ours - ref).abs().max().item()
     assert diff <= ATOL, f"max abs difference of the label maps {diff:.3g}"
 
@@ -194,7 +135,7 @@ def _reference_first_labels(protocol: str, mask: torch.Tensor, grid):
 PROTOCOLS = ["crw", "dino", "uvc", "cycletime", "corrflow", "mast"]
 
 
-@pytest.mark.parametrize("protocol", [pytest.param(p, marks=() if p in CONFORMING else xfail(FIRST_REASONS[p], p == "dino")) for p in PROTOCOLS])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_first_labels(protocol):
     stride = CASES[protocol]["stride"]
     mask = block_ids((H * stride, W * stride), 5, seed=CASES[protocol]["mask_seed"])
@@ -230,7 +171,7 @@ def _reference_masks(protocol: str, feats: torch.Tensor, mask: torch.Tensor, str
     return [o[0] for o in outs], gaps, margin
 
 
-@pytest.mark.parametrize("protocol", [pytest.param(p, marks=() if p in CONFORMING else xfail(MASK_REASONS[p], p == "dino")) for p in PROTOCOLS])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_masks(protocol):
     cfg = CASES[protocol]
     stride = cfg["stride"]
@@ -436,6 +377,13 @@ def test_mast_references_and_dilations():
     assert mast.ref_index(16) == [0, 5, 11, 13, 15]
     assert mast.dilation(16, 0) == 2 and mast.dilation(16, 5) is None and mast.dilation(15, 0) is None
     assert mast.dilation(21, 5) == 2 and mast.dilation(45, 0) == 4 and mast.dilation(100, 0) == 4
+    from densecorr.propagation import get_protocol
+
+    proto = get_protocol("mast")  # densecorr's references and dilations are the same
+    for t in range(1, 80):
+        assert sorted(proto.references(t)) == mast.ref_index(t), t
+        assert [proto.roi_dilation(t, x) for x in mast.ref_index(t)] == [mast.dilation(t, x) for x in mast.ref_index(t)], t
+    assert get_protocol("mast", roi=False).roi_dilation(40, 0) is None
 
 
 def _mast_roi_case(T: int, h: int = 5, w: int = 40, s: int = 20):
@@ -471,9 +419,13 @@ def test_mast_long_term_roi_finds_a_distant_match():
     # without the long-term memory (frame 0 as a plain short-term window) it is not found
     plain = mast.step(feats[16], [(feats[0], labels0, None)])
     assert (plain[:, :, s:] - labels0[:, :, :-s]).abs().max() > 0.5
-    # and the whole propagation takes that path at t = 16
+    # and the whole propagation takes that path at t = 16, densecorr's too (and not without it)
     full, _ = mast.propagate(feats, labels0)
     assert torch.allclose(full[15][:, :, s:], labels0[:, :, :-s], atol=1e-9)
+    ours = driver.labels("mast", feats, labels0, 4)
+    assert torch.allclose(ours[15][:, :, s:], labels0[:, :, :-s], atol=1e-6)
+    short_only = driver.labels("mast", feats, labels0, 4, roi=False)
+    assert (short_only[15][:, :, s:] - labels0[:, :, :-s]).abs().max() > 0.5
 
 
 def test_mast_code_bugs():

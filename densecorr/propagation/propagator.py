@@ -152,10 +152,13 @@ class Propagator:
                     # The first call of an op pays one-time set-up (torch imports its compiler
                     # stack: seconds); keep it out of the per-frame timing.
                     self.step(self.query(q), [q, q], [lab, lab], global_first=True)
+                    if proto.roi and proto.kind == "local":
+                        self.step(self.query(q), [q, q], [lab, lab], global_first=True, dilations=[2, None])
                     self._warm = True
                 continue
             refs = proto.references(t)
-            pred = self.step(self.query(q), [feats[i] for i in refs], [labels[i] for i in refs], global_first=(refs[0] == 0))
+            pred = self.step(self.query(q), [feats[i] for i in refs], [labels[i] for i in refs], global_first=(refs[0] == 0),
+                             dilations=[proto.roi_dilation(t, i) for i in refs])
             if proto.feedback == "hard" and not keypoints:
                 fed = F.one_hot(pred.argmax(0), pred.shape[0]).permute(2, 0, 1).float()
             elif proto.feedback == "soft_minmax":
@@ -174,10 +177,14 @@ class Propagator:
             self.timer += time.perf_counter() - start
             yield t, frame, out
 
-    def step(self, q: torch.Tensor, ref_feats: list, ref_labels: list, global_first: bool) -> torch.Tensor:
+    def step(self, q: torch.Tensor, ref_feats: list, ref_labels: list, global_first: bool, dilations: Sequence | None = None) -> torch.Tensor:
         """One frame: query features (D', h, w) (query form), references' features (key form) /
-        labels -> labels (K, h, w)."""
+        labels -> labels (K, h, w). `dilations`: per reference, its coarse-search dilation
+        (a long-term reference searched by ROI localisation, `Protocol.roi_dilation`) or None."""
         proto = self.protocol
+        if proto.kind == "local" and dilations is not None and any(d is not None for d in dilations):
+            return roi_local_step(q, ref_feats, ref_labels, dilations, proto.radius, self.scale, proto.window,
+                                  proto.roi_shared_offset, proto.roi_half_pixel)
         if proto.kind == "global":
             D, h, w = q.shape
             k = torch.stack(ref_feats).flatten(2).transpose(1, 2).reshape(1, -1, D)
@@ -198,6 +205,123 @@ class Propagator:
         if proto.kind == "average":
             return per_reference_topk(q, ref_feats, ref_labels, proto.topk, self.scale)
         raise ValueError(f"unknown protocol kind {proto.kind!r}")
+
+
+def coarse_offset(q: torch.Tensor, k: torch.Tensor, radius: int, dilation: int, scale: float) -> torch.Tensor:
+    """MAST's ROI localisation of one long-term reference: each query's expected offset (2, h, w)
+    (dy, dx in cells) under the softmax of scale * q . k over the square window of `radius`
+    dilated by `dilation`, positions outside the image at logit 0 (its zero-padded correlation),
+    times the dilation (models/colorizer.py:70-80). Memory: the (P, h, w) softmax (64 MB at
+    120 x 214 cells)."""
+    from densecorr.geometry import window_offsets
+
+    D, h, w = q.shape
+    attn = densecorr.local_affinity(q[None], k[None], radius, dilation=dilation, scale=float(scale), normalize=True, boundary="zero")
+    grid = (torch.tensor(window_offsets(radius, "square"), device=q.device, dtype=attn.dtype) - radius) * dilation  # (P, 2) dy, dx
+    return (grid.T @ attn[0].reshape(grid.shape[0], h * w)).reshape(2, h, w)
+
+
+def roi_local_step(
+    q: torch.Tensor,
+    ref_feats: Sequence[torch.Tensor],
+    ref_labels: Sequence[torch.Tensor],
+    dilations: Sequence[int | None],
+    radius: int,
+    scale: float,
+    window: str = "square",
+    shared_offset: bool = False,
+    half_pixel: bool = False,
+) -> torch.Tensor:
+    """MAST's memory with ROI localisation: one joint softmax over every reference's window.
+
+    A reference with a dilation d (long-term) gets each query's expected offset from its coarse
+    search (`coarse_offset`) and its fine window of `radius` around it (keys and labels sampled
+    bilinearly, zero outside); the others (None) their plain window; outside positions enter the
+    softmax at logit 0 with label 0 (boundary "zero"). All references go through one
+    local_attention call, the short-term ones with offset 0, since the op's softmax is joint over
+    its references.
+
+    shared_offset, half_pixel: MAST's released code instead of its paper: every long-term
+    reference's labels sampled with the last long-term reference's offset (colorizer.py:101);
+    sampling positions normalised by (size - 1) but read by grid_sample with align_corners=False
+    (deform_im2col_util.py:14-42), i.e. position p read at p * size / (size - 1) - 0.5.
+
+    Args: q (D, h, w) (query form); ref_feats / ref_labels: lists of (D, h, w) / (K, h, w).
+    Returns (K, h, w). Memory: the coarse (P, h, w) softmax per long-term reference, then the
+    fused kernel's; with half_pixel or shared_offset the (T * P, h, w) logits.
+    """
+    D, h, w = q.shape
+    T = len(ref_feats)
+    if len(dilations) != T:
+        raise ValueError(f"{len(dilations)} dilations for {T} references")
+    long = [i for i, d in enumerate(dilations) if d is not None]
+    k = torch.stack(list(ref_feats))[None]  # (1, T, D, h, w)
+    v = torch.stack(list(ref_labels))[None]
+    offset = torch.zeros(1, T, 2, h, w, dtype=q.dtype, device=q.device)
+    for i in long:
+        offset[0, i] = coarse_offset(q, ref_feats[i], radius, dilations[i], scale)
+    if not (shared_offset or half_pixel):
+        return densecorr.local_attention(q[None], k, v, radius, scale=float(scale), boundary="zero", window=window, offset=offset)[0]
+    if window != "square":
+        raise DataError("MAST's released-code options (roi_shared_offset, roi_half_pixel) take its square windows")
+    label_offset = offset.clone()
+    if shared_offset:
+        label_offset[0, long] = offset[0, long[-1]]  # the leftover loop variable offset0
+    if not half_pixel:
+        attn = densecorr.local_affinity(q[None], k, radius, scale=float(scale), normalize=True, boundary="zero", offset=offset)
+        return densecorr.local_copy(attn, v, radius, boundary="zero", offset=label_offset)[0]
+    if h < 2 or w < 2:
+        raise DataError(f"roi_half_pixel normalises positions by (size - 1): it needs a feature grid of at least 2x2, got {h}x{w}")
+    # the long-term windows as MAST's deform_im2col reads them, the short-term ones by the op
+    short = [i for i in range(T) if dilations[i] is None]
+    P = (2 * radius + 1) ** 2
+    logits = torch.empty(T * P, h, w, dtype=q.dtype, device=q.device)  # long-term references first
+    for n, i in enumerate(long):
+        logits[n * P:(n + 1) * P] = scale * _deform_windows(ref_feats[i], offset[0, i], radius, q)
+    if short:
+        logits[len(long) * P:] = densecorr.local_affinity(q[None], k[:, short], radius, scale=float(scale), normalize=False, boundary="zero")[0]
+    # softmax over dim 0 with the sum accumulated in float64 (torch's float32 softmax over 3125
+    # positions along a strided dim sums sequentially: its weights then sum to 1 +- 3e-5)
+    attn = logits.sub_(logits.amax(0, keepdim=True)).exp_()
+    attn /= attn.sum(0, keepdim=True, dtype=torch.float64).to(attn.dtype)
+    out = torch.zeros(v.shape[2], h, w, dtype=q.dtype, device=q.device)
+    for n, i in enumerate(long):
+        out += (attn[None, n * P:(n + 1) * P] * _deform_windows(ref_labels[i], label_offset[0, i], radius)).sum(1)
+    if short:
+        out += densecorr.local_copy(attn[None, len(long) * P:], v[:, short], radius, boundary="zero")[0]
+    return out
+
+
+def _deform_windows(img: torch.Tensor, offset: torch.Tensor, radius: int, q: torch.Tensor | None = None) -> torch.Tensor:
+    """MAST's deform_im2col as its released code runs it (models/deform_im2col_util.py): img
+    (C, h, w) at (y + oy + dy, x + ox + dx) for each window offset (dy, dx) (row-major), the
+    position normalised by (size - 1) and read by F.grid_sample(align_corners=False) with zero
+    padding. Returns (C, P, h, w) in img's dtype, or with `q` (C, h, w) the dot products (P, h, w).
+    Sampled in float64 (the normalised grid's float32 rounding would move positions by ~1e-6
+    cells), in chunks of query rows (at most ~128 MB of samples at a time)."""
+    C, h, w = img.shape
+    f64 = torch.float64
+    r = torch.arange(-radius, radius + 1, device=img.device, dtype=f64)
+    dy, dx = torch.meshgrid(r, r, indexing="ij")
+    dy, dx = dy.reshape(-1, 1, 1), dx.reshape(-1, 1, 1)
+    P = dy.shape[0]
+    out = torch.empty((P, h, w) if q is not None else (C, P, h, w), dtype=img.dtype, device=img.device)
+    rows = max(1, (1 << 24) // (C * P * w))
+    xs = torch.arange(w, device=img.device, dtype=f64)
+    src = img[None].to(f64)
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        ys = torch.arange(y0, y1, device=img.device, dtype=f64)[:, None]
+        py = ys + offset[0, y0:y1].to(f64) + dy  # (P, rows, w)
+        px = xs + offset[1, y0:y1].to(f64) + dx
+        grid = torch.stack([px / (w - 1) * 2 - 1, py / (h - 1) * 2 - 1], -1).reshape(1, P * (y1 - y0), w, 2)
+        samples = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+        samples = samples.reshape(C, P, y1 - y0, w)
+        if q is not None:
+            out[:, y0:y1] = torch.einsum("cpyx,cyx->pyx", samples, q[:, y0:y1].to(f64))
+        else:
+            out[:, :, y0:y1] = samples
+    return out
 
 
 def _min_max(x: torch.Tensor) -> torch.Tensor:
@@ -422,4 +546,4 @@ def _progress(desc: str | None, total: int | None):
     return tqdm(total=total, desc=desc, unit="frame", leave=False, dynamic_ncols=True)
 
 
-__all__ = ["working_size", "Propagator", "crw_topk_step", "per_reference_topk", "propagate_mask", "propagate_keypoints"]
+__all__ = ["working_size", "Propagator", "crw_topk_step", "per_reference_topk", "roi_local_step", "coarse_offset", "propagate_mask", "propagate_keypoints"]

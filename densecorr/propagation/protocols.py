@@ -3,7 +3,7 @@
 | protocol | references | affinity | labels fed back |
 |---|---|---|---|
 | crw | frame 0 (global) + the 20 previous frames t-20..t-1, clamped to frame 0 (strict circle window, dy^2 + dx^2 < 144) | top-10 jointly over all, s = 20 | soft |
-| mast | frames {0, 5} + {t-1, t-3, t-5}, square windows radius 12 (stride 4), outside positions logit 0 / label 0, raw features, s = 1 | one joint softmax | hard, at full resolution |
+| mast | frames {0, 5} + {t-1, t-3, t-5}, square windows radius 12 (stride 4), outside positions logit 0 / label 0, raw features, s = 1; for t - x > 15 the window around a coarse dilated search's expected offset | one joint softmax | hard, at full resolution |
 | uvc | frame 0 + the 7 previous frames, global, each reference on its own | top-5 of each reference's softmax (not renormalised), averaged; raw features, s = 1 | soft |
 | cycletime | frame 0 + frames t-7..t-1, padded with copies of frame 0 (real frame 0 predicted too), global, each reference on its own | top-5 of each reference's softmax (not renormalised), summed / 8; s = sqrt(512) | soft, each channel min-max normalised |
 | corrflow | the previous frame, square window radius 6, raw features, s = 1 | softmax | hard, at full resolution |
@@ -24,11 +24,14 @@ mask at full resolution interpolated bilinearly as numbers and truncated ("ids_b
 back hard at full resolution. Not reproduced: its crop of frames to multiples of 8 and the
 3-column shift of its saved masks (benchmark.py:107-118).
 
-mast = zlai0/MAST `benchmark.py` / `models/colorizer.py` for its short-term memory: raw features
-at scale 1, boundary "zero", first and fed-back labels subsampled at each cell's top-left pixel,
-fed back hard at full resolution. NOT yet its long-term memory (ROI localisation for references
-with t - x > 15, which needs a per-query window-offset op): from t = 16 on frame 0 (and from
-t = 21 frame 5) is searched in the plain radius-12 window.
+mast = zlai0/MAST `benchmark.py` / `models/colorizer.py`: raw features at scale 1, boundary "zero",
+first and fed-back labels subsampled at each cell's top-left pixel, fed back hard at full
+resolution, and its long-term memory: a reference x with t - x > 15 (frame 0 from t = 16, frame
+5 from t = 21) is found by ROI localisation (a coarse dilated search gives each query's expected
+offset; the fine radius-12 window is sampled around it; `roi=False` turns it off), each
+reference with its own offset and exact bilinear sampling as the paper describes. The released code's two bugs are
+options: `roi_shared_offset=True` (labels of every long-term reference sampled with the last
+one's offset) and `roi_half_pixel=True` (grid_sample half a pixel off).
 
 cycletime = xiaolonw/TimeCycle `test_davis.py`: L2 features, scale sqrt(512), each reference's
 own softmax with its top-5 probabilities kept as they are, summed over the 8 references / 8;
@@ -93,6 +96,18 @@ class Protocol:
             -1) while the copies t - d < 0 and the long-term frame 0 carry the given labels. A model
             that declares `similarity = "euclidean"` (the Lab baseline) is compared by distance
             under every protocol (densecorr.propagation.propagator).
+        roi: (local) long-term memory with ROI localisation (MAST): a reference x with
+            t - x > roi_after (MAST's `dil_int`, 15) is searched coarsely first -- the softmax of its
+            logits over the window of `radius` dilated by d = min(roi_max_dilation,
+            (t - x) // roi_after + 1), positions outside the image at logit 0, gives each query
+            its expected offset (times d) -- and its fine window is taken around that offset
+            (keys and labels sampled bilinearly), in the one joint softmax with the others.
+            False: every reference in the plain window.
+        roi_max_dilation: the largest coarse dilation (MAST: 4).
+        roi_shared_offset, roi_half_pixel: MAST's released code, not its paper (both False by
+            default): the long-term references' labels all sampled with the LAST long-term
+            reference's offset (colorizer.py:101), and grid_sample read half a pixel off
+            (position p at p * size / (size - 1) - 0.5, deform_im2col_util.py:14-42).
         label_set: which object ids of the first mask get a channel (labels.LABEL_SETS): "all",
             or "timecycle" (TimeCycle: in order of first appearance, only ids with more than 10
             pixels besides their first; a dropped id's pixels are in no channel, so it is not tracked).
@@ -116,6 +131,19 @@ class Protocol:
     boundary: str = "mask"
     predict_first: bool = False
     label_set: str = "all"
+    roi: bool = False
+    roi_after: int = 15
+    roi_max_dilation: int = 4
+    roi_shared_offset: bool = False
+    roi_half_pixel: bool = False
+
+    def __post_init__(self):
+        for name in ("roi_after", "roi_max_dilation"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DataError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.label_set not in ("all", "timecycle"):
+            raise DataError(f"unknown label_set {self.label_set!r}; choose 'all' or 'timecycle'")
 
     @property
     def scale(self) -> float:
@@ -132,6 +160,12 @@ class Protocol:
         refs += [t - d for d in self.previous if t - d >= 0 and t - d not in refs]
         return refs
 
+    def roi_dilation(self, t: int, ref: int) -> int | None:
+        """The coarse-search dilation of reference `ref` for frame t, or None (plain window)."""
+        if not self.roi or ref < 0 or t - ref <= self.roi_after:
+            return None
+        return min(self.roi_max_dilation, (t - ref) // self.roi_after + 1)
+
     def keep_after(self, t: int) -> set[int]:
         """Frames (<= t) that a later frame may still use as a reference."""
         horizon = max(self.previous)
@@ -143,7 +177,7 @@ PROTOCOLS = {
     "crw": Protocol("crw", "crw", (0,), tuple(range(1, 21)), radius=12, window="circle", topk=10, feedback="soft", stride=8,
                     first="bilinear", pad_first=True, strict=True),
     "mast": Protocol("mast", "local", (0, 5), (1, 3, 5), radius=12, window="square", temperature=1.0, feedback="hard_full", stride=4,
-                     features="raw", first="subsample", boundary="zero"),
+                     features="raw", first="subsample", boundary="zero", roi=True),
     "uvc": Protocol("uvc", "average", (0,), tuple(range(1, 8)), topk=5, temperature=1.0, feedback="soft", stride=8,
                     features="raw", first="nearest", output="minmax"),
     "cycletime": Protocol("cycletime", "average", (0,), tuple(range(1, 8)), topk=5, temperature=512 ** -0.5, feedback="soft_minmax", stride=8,
