@@ -118,6 +118,38 @@ def test_protocol_references():
         get_protocol("nope")
 
 
+def test_protocol_options_are_checked():
+    mast = get_protocol("mast")
+    assert mast.roi and [mast.roi_dilation(t, 0) for t in (15, 16, 29, 30, 44, 45, 200)] == [None, 2, 2, 3, 3, 4, 4]
+    assert get_protocol("mast", roi_max_dilation=2).roi_dilation(200, 0) == 2
+    assert get_protocol("mast", roi_after=5).roi_dilation(6, 0) == 2
+    for bad in (dict(roi_after=0), dict(roi_max_dilation=1.5), dict(label_set="some")):
+        with pytest.raises(DataError):
+            get_protocol("mast", **bad)
+    assert get_protocol("cycletime").label_set == "timecycle" and get_protocol("dino").label_set == "all"
+
+
+def test_roi_local_step_without_long_term_references_is_the_plain_window():
+    import densecorr
+    from densecorr.propagation import roi_local_step
+
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(4, 9, 11, generator=g)
+    ks = [torch.randn(4, 9, 11, generator=g) for _ in range(3)]
+    vs = [torch.rand(2, 9, 11, generator=g) for _ in range(3)]
+    plain = densecorr.local_attention(q[None], torch.stack(ks)[None], torch.stack(vs)[None], 3, scale=0.5, boundary="zero")[0]
+    # a long-term reference whose coarse search sees only zero features has offset 0 exactly
+    zero = [torch.zeros_like(ks[0])] + ks[1:]
+    ours = roi_local_step(q, zero, vs, [2, None, None], 3, 0.5)
+    ref = densecorr.local_attention(q[None], torch.stack(zero)[None], torch.stack(vs)[None], 3, scale=0.5, boundary="zero")[0]
+    assert torch.allclose(ours, ref, atol=1e-6)
+    assert plain.shape == ours.shape
+    with pytest.raises(ValueError, match="dilations"):
+        roi_local_step(q, ks, vs, [2, None], 3, 0.5)
+    with pytest.raises(DataError, match="2x2"):
+        roi_local_step(q[:, :1], [k[:, :1] for k in ks], [v[:, :1] for v in vs], [2, None, None], 3, 0.5, half_pixel=True)
+
+
 def test_labels_one_hot_grid_roundtrip():
     ids = np.zeros((16, 24), np.uint8)
     ids[4:12, 8:16] = 7
