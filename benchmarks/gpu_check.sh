@@ -6,15 +6,15 @@
 #   benchmarks/results/gpu-<UTC date-time> otherwise.
 #
 #   bash benchmarks/gpu_check.sh              # everything
-#   STEPS="build gpu" bash benchmarks/gpu_check.sh   # a subset of: env build gpu backends tests bench
+#   STEPS="build gpu" bash benchmarks/gpu_check.sh   # a subset of: env build gpu offset backends tests bench
 #   BENCH_ARGS="--suite local" bash benchmarks/gpu_check.sh  # (default: --suite all --quick)
 #
-# Time limits (seconds, overridable): LIMIT_BUILD=240 LIMIT_GPU=240 LIMIT_BACKENDS=120
+# Time limits (seconds, overridable): LIMIT_BUILD=240 LIMIT_GPU=240 LIMIT_OFFSET=150 LIMIT_BACKENDS=120
 # LIMIT_TESTS=150 LIMIT_BENCH=150, and BUDGET=570 for the whole run (a device command may
 # run 10 minutes): a step gets at most what is left of BUDGET and is skipped under 30 s.
 # Triton compiles most of the GPU-test time (every dtype and tile shape is its own kernel).
 # With less device time, split it over two commands on the same warm machine (the build
-# stays): STEPS="env build gpu", then STEPS="env backends tests bench".
+# stays): STEPS="env build gpu offset", then STEPS="env backends tests bench".
 #
 # The machine needs a CUDA build of torch, triton and nvcc already installed (nothing is
 # downloaded: GPU machines here have no network); the script says so and stops otherwise.
@@ -28,7 +28,7 @@ STAMP="$(date -u +%Y-%m-%dT%H%M%SZ)"
 DEST="${OUT:-$ROOT/benchmarks/results}/gpu-$STAMP"
 mkdir -p "$DEST"
 PYTHON="${PYTHON:-python}"
-STEPS="${STEPS:-env build gpu backends tests bench}"
+STEPS="${STEPS:-env build gpu offset backends tests bench}"
 export DENSECORR_FORCE_CUDA=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" PYTHONUNBUFFERED=1
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"  # H200; one arch keeps the build short
 BENCH_ARGS="${BENCH_ARGS:---suite all --quick}"
@@ -86,6 +86,10 @@ step build "${LIMIT_BUILD:-240}" bash -c "$PYTHON -m pip install --no-build-isol
 # The GPU comparisons first (cuda and triton backends against the reference), then the rest.
 step gpu "${LIMIT_GPU:-240}" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
   -k "not test_cuda_sources_compile and not emulated" --junitxml="$DEST/gpu-tests.xml" -ra
+# The window-offset ops (issue 12) on the cuda and triton backends against the test's own
+# grid_sample oracle: their own step, so that Triton's compiles cannot starve the one above.
+step offset "${LIMIT_OFFSET:-150}" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_offset_window.py \
+  -k "cuda or triton" --junitxml="$DEST/offset-tests.xml" -ra
 # cuda vs triton backends side by side on the kernels both have (decides
 # densecorr.backends.CUDA_PREFERENCE): median of 10 CUDA-event timings, peak memory.
 cat >"$DEST/backends_check.py" <<'PY'
