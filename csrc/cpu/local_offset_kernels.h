@@ -22,7 +22,7 @@
 // pad + X0 (taps outside the image read those zeros; grids entirely left/right of the image
 // are skipped).
 //
-// Parallelism: forward and the dq pass: query rows (b, y) in parallel. dk / dv pass: tasks are
+// Parallelism: forward and the dq pass: tiles of query pixels (PixelTiles) in parallel. dk / dv pass: tasks are
 // (b, t, block of kBlock key rows), each with its own block buffer; a task visits, in a fixed
 // order (grid corner row, then pixel), the query pixels whose grid reaches its rows (bucketed
 // by Y0) and recomputes only the window rows whose taps land in its block. Every key pixel's
@@ -59,6 +59,7 @@ struct Unit {
   T fy, fx, w00, w01, w10, w11;
   bool wy1, wx1;  // whether the second tap row / column has a nonzero weight
   bool cols_in;   // whether the grid's columns can reach the image (else every tap reads 0)
+  int64_t vx0, vx1;  // window columns ix in [vx0, vx1] are valid (col_valid; all with "zero")
 };
 
 // Integer and fractional part of an offset, split exactly (as the reference): a NaN offset
@@ -86,6 +87,12 @@ inline Unit<T> make_unit(const OffGrid<T>& o, int64_t y, int64_t x, T oy, T ox) 
   u.wy1 = u.fy != 0;
   u.wx1 = u.fx != 0;
   u.cols_in = u.X0 > -o.Gv && u.X0 < o.W;
+  u.vx0 = 0;
+  u.vx1 = 2 * o.r;
+  if (o.mask) {  // pc = Xc + (ix - r)*dil must lie in [0, W-1-wx1]: an interval of ix
+    while (u.vx0 <= u.vx1 && u.Xc + (u.vx0 - o.r) * o.dil < 0) ++u.vx0;
+    while (u.vx1 >= u.vx0 && u.Xc + (u.vx1 - o.r) * o.dil + (u.wx1 ? 1 : 0) > o.W - 1) --u.vx1;
+  }
   return u;
 }
 
@@ -98,10 +105,8 @@ inline bool row_valid(const OffGrid<T>& o, const Unit<T>& u, int64_t iy) {
   return pr >= 0 && pr + (u.wy1 ? 1 : 0) <= o.H - 1;
 }
 template <typename T>
-inline bool col_valid(const OffGrid<T>& o, const Unit<T>& u, int64_t ix) {
-  if (!o.mask) return true;
-  const int64_t pc = u.Xc + (ix - o.r) * o.dil;
-  return pc >= 0 && pc + (u.wx1 ? 1 : 0) <= o.W - 1;
+inline bool col_valid(const OffGrid<T>&, const Unit<T>& u, int64_t ix) {
+  return ix >= u.vx0 && ix <= u.vx1;
 }
 // Whether window row iy has a tap row with nonzero weight in key rows [k0, k1).
 template <typename T>
@@ -205,12 +210,42 @@ void grid_dots(const OffGrid<T>& o, const Unit<T>& u, const T* a, int64_t E, con
     gdots_rows<T>(o.nvec, E, a, XP + (u.Y0 + pend) * E * ld + o.pad + u.X0, nullptr, ld, R + pend * o.Gv, nullptr);
 }
 
+// out[j] = a*x[j] + b*x[j+1] (+ c*y[j] + d*y[j+1] with y), j < n: the bilinear combination
+// along a grid row pair at unit spacing (dilation 1), vectorised.
+template <typename T>
+inline void combine_unit(int64_t n, const T* x, const T* y, T a, T b, T c, T d, T* out) {
+  constexpr int L = Vec<T>::W;
+  int64_t j = 0;
+  const V<T> va = vsplat(a), vb = vsplat(b), vc = vsplat(c), vd = vsplat(d);
+  if (y != nullptr) {
+    for (; j + L <= n; j += L)
+      vstore(out + j, (va * vload(x + j) + vb * vload(x + j + 1)) + (vc * vload(y + j) + vd * vload(y + j + 1)));
+    for (; j < n; ++j) out[j] = (a * x[j] + b * x[j + 1]) + (c * y[j] + d * y[j + 1]);
+  } else {
+    for (; j + L <= n; j += L) vstore(out + j, va * vload(x + j) + vb * vload(x + j + 1));
+    for (; j < n; ++j) out[j] = a * x[j] + b * x[j + 1];
+  }
+}
+// x[j] += a * c[j]; then x[j+1] += b * c[j], j < n (adjoint of one row of combine_unit; two
+// passes, so that no element waits on the store of its neighbour).
+template <typename T>
+inline void spread_unit(int64_t n, const T* c, T a, T b, T* x) {
+  constexpr int L = Vec<T>::W;
+  const V<T> va = vsplat(a), vb = vsplat(b);
+  int64_t j = 0;
+  for (; j + L <= n; j += L) vstore(x + j, vload(x + j) + va * vload(c + j));
+  for (; j < n; ++j) x[j] += a * c[j];
+  for (j = 0; j + L <= n; j += L) vstore(x + j + 1, vload(x + j + 1) + vb * vload(c + j));
+  for (; j < n; ++j) x[j + 1] += b * c[j];
+}
+
 // The bilinear combination of grid values R at window row iy's cells: out[j], j < cells(iy).
 template <typename T>
 inline void grid_combine(const OffGrid<T>& o, const Unit<T>& u, const T* R, int64_t iy, T* out) {
   const int64_t n = o.cells(iy), lo = o.g.lo[iy], d = o.dil;
   const T* r0 = R + iy * d * o.Gv;
   const T* r1 = r0 + o.Gv;
+  if (d == 1) return combine_unit(n, r0 + lo, u.wy1 ? r1 + lo : nullptr, u.w00, u.w01, u.w10, u.w11, out);
   for (int64_t j = 0; j < n; ++j) {
     const int64_t gx = (lo + j) * d;
     T s = u.w00 * r0[gx] + u.w01 * r0[gx + 1];
@@ -227,13 +262,18 @@ inline void grid_spread(const OffGrid<T>& o, const Unit<T>& u, const T* c, int64
   T* r0 = Wg + iy * d * o.Gv;
   T* r1 = r0 + o.Gv;
   touched[iy * d] = 1;
+  if (u.wy1) touched[iy * d + 1] = 1;
+  if (d == 1) {
+    spread_unit(n, c, u.w00, u.w01, r0 + lo);
+    if (u.wy1) spread_unit(n, c, u.w10, u.w11, r1 + lo);
+    return;
+  }
   for (int64_t j = 0; j < n; ++j) {
     const int64_t gx = (lo + j) * d;
     r0[gx] += c[j] * u.w00;
     r0[gx + 1] += c[j] * u.w01;
   }
   if (!u.wy1) return;
-  touched[iy * d + 1] = 1;
   for (int64_t j = 0; j < n; ++j) {
     const int64_t gx = (lo + j) * d;
     r1[gx] += c[j] * u.w10;
@@ -332,10 +372,32 @@ void unit_logits(const OffGrid<T>& o, const Unit<T>& u, const T* qv, int64_t D, 
       continue;
     }
     grid_combine(o, u, ub.R.data(), iy, lg + pb);
-    for (int64_t j = 0; j < n; ++j)
-      lg[pb + j] = col_valid(o, u, o.g.lo[iy] + j) ? lg[pb + j] * scale : neg_inf<T>();
+    // valid cells j in [j0, j1): scaled; the others excluded
+    const int64_t lo = o.g.lo[iy], j0 = std::clamp<int64_t>(u.vx0 - lo, 0, n), j1 = std::clamp<int64_t>(u.vx1 + 1 - lo, j0, n);
+    std::fill(lg + pb, lg + pb + j0, neg_inf<T>());
+    scale_row(lg + pb + j0, j1 - j0, scale);
+    std::fill(lg + pb + j1, lg + pb + n, neg_inf<T>());
   }
 }
+
+// The query pixels in tiles of kTileY x kTileX, the unit of the pixel-parallel passes: a tile's
+// grids cover ~(kTileY + 2r*dil) x (kTileX + 2r*dil) key pixels, which stay in L2 while the
+// tile's pixels reuse them (a whole query row's grids (2r*dil + 2 full key rows per
+// reference, ~3.7 MB at D=64, r=12, T=2) would not).
+constexpr int64_t kTileY = 4, kTileX = 16;
+struct PixelTiles {
+  int64_t H, W, ny, nx, ntask, size = kTileY * kTileX;
+  PixelTiles(int64_t B, int64_t H_, int64_t W_) : H(H_), W(W_), ny(ceil_div(H_, kTileY)), nx(ceil_div(W_, kTileX)) {
+    ntask = B * ny * nx;
+  }
+  int64_t batch(int64_t task) const { return task / (ny * nx); }
+  int64_t y0(int64_t task) const { return (task / nx) % ny * kTileY; }
+  int64_t x0(int64_t task) const { return task % nx * kTileX; }
+  int64_t width(int64_t task) const { return std::min(kTileX, W - x0(task)); }
+  int64_t count(int64_t task) const { return std::min(kTileY, H - y0(task)) * width(task); }
+  int64_t y(int64_t task, int64_t i) const { return y0(task) + i / width(task); }
+  int64_t x(int64_t task, int64_t i) const { return x0(task) + i % width(task); }
+};
 
 // ---------------------------------------------------------------------------- attention forward
 
@@ -346,7 +408,8 @@ void offset_attention_fwd_k(const Window& g, const T* q, const T* KP, const T* V
   const OffGrid<T> o(g);
   const int64_t H = o.H, W = o.W, HW = o.HW, Tn = o.Tn, P = o.P, TP = o.TP;
   const int64_t kstride = H * D * o.Wpad, vstride = H * C * o.Wpad;
-  parallel_for(0, B * H, grain_for(W * TP * (D + C)), [&](int64_t begin, int64_t end) {
+  const PixelTiles tiles(B, H, W);
+  parallel_for(0, tiles.ntask, grain_for(tiles.size * TP * (D + C)), [&](int64_t begin, int64_t end) {
     UnitBufs<T> ub(o, D, C, 0);
     std::vector<T> lg(TP), vals(C);
     std::vector<T>& qv = ub.qv;
@@ -354,8 +417,9 @@ void offset_attention_fwd_k(const Window& g, const T* q, const T* KP, const T* V
     std::vector<Cand<T>> cands(topk > 0 ? TP : 0);
     VBuf<T> acc(std::max<int64_t>(C, 1));
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / H, y = task % H;
-      for (int64_t x = 0; x < W; ++x) {
+      const int64_t b = tiles.batch(task);
+      for (int64_t i = 0, n_ = tiles.count(task); i < n_; ++i) {
+        const int64_t y = tiles.y(task, i), x = tiles.x(task, i);
         const int64_t pix = y * W + x;
         gather_channels(qv.data(), q + b * D * HW + pix, D, HW);
         for (int64_t t = 0; t < Tn; ++t) {
@@ -530,9 +594,9 @@ inline void unit_probs(const OffGrid<T>& o, const Unit<T>& u, int64_t iy, const 
   const int64_t n = o.cells(iy), lo = o.g.lo[iy];
   grid_combine(o, u, R, iy, Pj);
   grid_combine(o, u, Rv, iy, dSj);
+  exp_row(Pj, n, scale, l);
   for (int64_t j = 0; j < n; ++j) {
-    const bool keep = cnt[j] > 0 && col_valid(o, u, lo + j);
-    const T p = keep ? T(cnt[j]) * std::exp(Pj[j] * scale - l) : T(0);
+    const T p = cnt[j] > 0 && col_valid(o, u, lo + j) ? T(cnt[j]) * Pj[j] : T(0);  // (not 0 * exp: may be inf)
     Pj[j] = p;
     dSj[j] = p * (dSj[j] - delta);
   }
@@ -570,12 +634,14 @@ void offset_attention_bwd_k(const Window& g, const T* q, const T* KP, const T* V
   const int64_t kstride = H * D * o.Wpad, vstride = H * C * o.Wpad;
   // Pass 1: delta and dq, query rows in parallel. Only window rows with a tap row inside the
   // image have gradients (elsewhere keys and values are 0).
-  parallel_for(0, B * H, grain_for(W * TP * (2 * D + C)), [&](int64_t begin, int64_t end) {
+  const PixelTiles tiles(B, H, W);
+  parallel_for(0, tiles.ntask, grain_for(tiles.size * TP * (2 * D + C)), [&](int64_t begin, int64_t end) {
     UnitBufs<T> ub(o, D, C, TP);
     VBuf<T> acc(std::max<int64_t>(D, 1));
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / H, y = task % H;
-      for (int64_t x = 0; x < W; ++x) {
+      const int64_t b = tiles.batch(task);
+      for (int64_t i = 0, n_ = tiles.count(task); i < n_; ++i) {
+        const int64_t y = tiles.y(task, i), x = tiles.x(task, i);
         const int64_t pix = y * W + x;
         gather_channels(ub.gv.data(), dout + b * C * HW + pix, C, HW);
         T dl = 0;
@@ -648,12 +714,14 @@ void offset_affinity_fwd_k(const Window& g, const T* q, const T* KP, const T* of
                            T scale, bool normalize) {
   const OffGrid<T> o(g);
   const int64_t H = o.H, W = o.W, HW = o.HW, Tn = o.Tn, P = o.P, TP = o.TP, kstride = H * D * o.Wpad;
-  parallel_for(0, B * H, grain_for(W * TP * D), [&](int64_t begin, int64_t end) {
+  const PixelTiles tiles(B, H, W);
+  parallel_for(0, tiles.ntask, grain_for(tiles.size * TP * D), [&](int64_t begin, int64_t end) {
     UnitBufs<T> ub(o, D, 0, 0);
     std::vector<T> lg(TP);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / H, y = task % H;
-      for (int64_t x = 0; x < W; ++x) {
+      const int64_t b = tiles.batch(task);
+      for (int64_t i = 0, n_ = tiles.count(task); i < n_; ++i) {
+        const int64_t y = tiles.y(task, i), x = tiles.x(task, i);
         const int64_t pix = y * W + x;
         gather_channels(ub.qv.data(), q + b * D * HW + pix, D, HW);
         for (int64_t t = 0; t < Tn; ++t) {
@@ -705,13 +773,15 @@ void offset_affinity_bwd_k(const Window& g, const T* grad, const T* q, const T* 
   const int64_t H = o.H, W = o.W, HW = o.HW, Tn = o.Tn, P = o.P, TP = o.TP, kstride = H * D * o.Wpad;
   std::vector<T> rowdot(normalize ? B * HW : 0);  // sum_p G A per pixel (softmax adjoint)
   const std::vector<int32_t> ones(P, 1);
-  parallel_for(0, B * H, grain_for(W * TP * D), [&](int64_t begin, int64_t end) {
+  const PixelTiles tiles(B, H, W);
+  parallel_for(0, tiles.ntask, grain_for(tiles.size * TP * D), [&](int64_t begin, int64_t end) {
     UnitBufs<T> ub(o, D, 0, 0);
     std::vector<T> dl(TP);
     VBuf<T> acc(std::max<int64_t>(D, 1));
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / H, y = task % H;
-      for (int64_t x = 0; x < W; ++x) {
+      const int64_t b = tiles.batch(task);
+      for (int64_t i = 0, n_ = tiles.count(task); i < n_; ++i) {
+        const int64_t y = tiles.y(task, i), x = tiles.x(task, i);
         const int64_t pix = y * W + x;
         const T* ab = attn + b * TP * HW + pix;
         const T* gb = grad + b * TP * HW + pix;
@@ -760,13 +830,15 @@ void offset_copy_fwd_k(const Window& g, const T* attn, const T* VP, const T* off
   const OffGrid<T> o(g);
   const int64_t H = o.H, W = o.W, HW = o.HW, Tn = o.Tn, P = o.P, TP = o.TP, vstride = H * C * o.Wpad;
   const std::vector<int32_t> ones(P, 1);
-  parallel_for(0, B * H, grain_for(W * TP * C), [&](int64_t begin, int64_t end) {
+  const PixelTiles tiles(B, H, W);
+  parallel_for(0, tiles.ntask, grain_for(tiles.size * TP * C), [&](int64_t begin, int64_t end) {
     UnitBufs<T> ub(o, 0, C, 0);
     std::vector<T> a(P);
     VBuf<T> acc(std::max<int64_t>(C, 1));
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / H, y = task % H;
-      for (int64_t x = 0; x < W; ++x) {
+      const int64_t b = tiles.batch(task);
+      for (int64_t i = 0, n_ = tiles.count(task); i < n_; ++i) {
+        const int64_t y = tiles.y(task, i), x = tiles.x(task, i);
         const int64_t pix = y * W + x;
         acc.fill(V<T>{}, C);
         for (int64_t t = 0; t < Tn; ++t) {
@@ -791,12 +863,14 @@ void offset_copy_bwd_k(const Window& g, const T* grad, const T* attn, const T* V
   const OffGrid<T> o(g);
   const int64_t H = o.H, W = o.W, HW = o.HW, Tn = o.Tn, P = o.P, TP = o.TP, vstride = H * C * o.Wpad;
   const std::vector<int32_t> ones(P, 1);
-  parallel_for(0, B * H, grain_for(W * TP * C), [&](int64_t begin, int64_t end) {
+  const PixelTiles tiles(B, H, W);
+  parallel_for(0, tiles.ntask, grain_for(tiles.size * TP * C), [&](int64_t begin, int64_t end) {
     UnitBufs<T> ub(o, 0, C, 0);
     std::vector<T> da(P);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / H, y = task % H;
-      for (int64_t x = 0; x < W; ++x) {
+      const int64_t b = tiles.batch(task);
+      for (int64_t i = 0, n_ = tiles.count(task); i < n_; ++i) {
+        const int64_t y = tiles.y(task, i), x = tiles.x(task, i);
         const int64_t pix = y * W + x;
         gather_channels(ub.gv.data(), grad + b * C * HW + pix, C, HW);
         for (int64_t t = 0; t < Tn; ++t) {
