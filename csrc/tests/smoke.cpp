@@ -1,6 +1,7 @@
 // Loads libdensecorr (built by CMake) and checks that its ops are registered: each kernel
 // op's schema is found, and, where a CPU kernel exists, global_attention_fwd agrees with
-// softmax(q k^T) v computed with ATen.
+// softmax(q k^T) v computed with ATen and local_offset_attention_fwd with a zero offset
+// agrees with local_attention_fwd.
 #include <dlfcn.h>
 #include <torch/torch.h>
 
@@ -13,7 +14,9 @@ int main() {
   }
   const char* ops[] = {"global_attention_fwd", "global_attention_bwd", "local_affinity_fwd", "local_affinity_bwd",
                        "local_copy_fwd",       "local_copy_bwd",       "local_attention_fwd", "local_attention_bwd",
-                       "project_coords_fwd",   "project_coords_bwd"};
+                       "project_coords_fwd",   "project_coords_bwd",   "local_offset_affinity_fwd",
+                       "local_offset_affinity_bwd", "local_offset_copy_fwd", "local_offset_copy_bwd",
+                       "local_offset_attention_fwd", "local_offset_attention_bwd"};
   for (const char* name : ops) {
     auto op = c10::Dispatcher::singleton().findSchema({std::string("densecorr_ext::") + name, ""});
     if (!op) {
@@ -35,6 +38,21 @@ int main() {
     std::cerr << "global_attention_fwd disagrees with softmax(q k^T) v\n";
     return 1;
   }
-  std::cout << "densecorr C++ library: ops registered, global_attention_fwd matches ATen\n";
+  // A zero window offset must give the plain local op (boundary "zero", bilinear weight 1 on one tap).
+  using LocalOut = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+  auto plain = c10::Dispatcher::singleton().findSchemaOrThrow("densecorr_ext::local_attention_fwd", "");
+  auto shifted = c10::Dispatcher::singleton().findSchemaOrThrow("densecorr_ext::local_offset_attention_fwd", "");
+  auto lq = torch::randn({1, 4, 6, 7}), lk = torch::randn({1, 2, 4, 6, 7}), lv = torch::randn({1, 2, 3, 6, 7});
+  auto a = plain.typed<LocalOut(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, double,
+                                c10::string_view, c10::string_view, int64_t)>()
+               .call(lq, lk, lv, 2, 1, 0.5, "zero", "square", 0);
+  auto b = shifted.typed<LocalOut(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                  int64_t, double, c10::string_view, c10::string_view, int64_t)>()
+               .call(lq, lk, lv, torch::zeros({1, 2, 2, 6, 7}), 2, 1, 0.5, "zero", "square", 0);
+  if (!torch::allclose(std::get<0>(a), std::get<0>(b), 1e-5, 1e-6)) {
+    std::cerr << "local_offset_attention_fwd with a zero offset disagrees with local_attention_fwd\n";
+    return 1;
+  }
+  std::cout << "densecorr C++ library: ops registered, global_attention_fwd matches ATen, zero offset = plain local\n";
   return 0;
 }
