@@ -239,3 +239,147 @@ def test_baseline_simd_variant(monkeypatch):
     ql, kl, vl = _leaves((1, 5, 10, 19), (1, 2, 5, 10, 19), (1, 2, 3, 10, 19), dtype=torch.float32)
     fn = lambda q, k, v, backend: densecorr.local_attention(q, k, v, 2, 2, boundary="clamp", backend=backend)
     _agree(fn, (ql, kl, vl), torch.float32)
+
+
+# ----------------------------------------------------------------------------- top-k pre-filter
+# The top-k forward's int16 pre-filter (csrc/cpu/topk_prefilter.h) must give exactly what the
+# plain path gives: DENSECORR_TOPK_PREFILTER=on forces it wherever it can run, =off never.
+
+needs_avx2 = pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"),
+                                reason="the pre-filter exists in the AVX2 / AVX-512 variants only")
+
+
+def _topk_fwd(monkeypatch, mode, q, k, v, scale, topk):
+    monkeypatch.setenv("DENSECORR_TOPK_PREFILTER", mode)
+    with torch.no_grad():
+        return torch.ops.densecorr_ext.global_attention_fwd(q, k, v, scale, topk)
+
+
+def _assert_prefilter_exact(monkeypatch, q, k, v, scale, topk):
+    """The pre-filtered forward equals the plain one bit for bit (out, lse, idx)."""
+    plain = _topk_fwd(monkeypatch, "off", q, k, v, scale, topk)
+    pre = _topk_fwd(monkeypatch, "on", q, k, v, scale, topk)
+    for name, a, b in zip(("out", "lse", "idx"), pre, plain):
+        assert torch.equal(a, b) or (a.is_floating_point() and torch.allclose(a, b, atol=0, rtol=0, equal_nan=True)), name
+    return plain
+
+
+def _unit(*shape):
+    return torch.nn.functional.normalize(torch.randn(*shape), dim=-1)
+
+
+def _awkward_topk_cases():
+    g = torch.Generator().manual_seed(7)
+    rnd = lambda *s: torch.randn(*s, generator=g)
+    unit = lambda *s: torch.nn.functional.normalize(rnd(*s), dim=-1)
+    cases = {}
+    # Near-ties: copies of one key perturbed by 1e-5 relative (below the int16 resolution).
+    k = unit(1, 300, 64)
+    k[0, 100:160] = k[0, 7] * (1 + 1e-5 * rnd(60, 64))
+    q = unit(1, 40, 64)
+    q[0, :20] = k[0, 7]
+    cases["near_ties"] = (q, k, rnd(1, 300, 3), 14.3, 10)
+    # Exact duplicates: the tie goes to the smaller index, as torch.topk.
+    k = unit(1, 200, 32)
+    k[0, 50:120] = k[0, 3]
+    q = unit(1, 30, 32)
+    q[0, :15] = k[0, 3]
+    cases["duplicates"] = (q, k, rnd(1, 200, 2), 5.0, 12)
+    # Keys that differ only in their last bits.
+    k = unit(1, 150, 48)
+    base = k[0, 11].clone()
+    for j in range(40, 80):
+        k[0, j] = torch.nextafter(base, base + (1.0 if j % 2 else -1.0)) if j % 3 else base
+    q = unit(1, 25, 48)
+    q[0, :12] = base
+    cases["last_bits"] = (q, k, rnd(1, 150, 4), 20.0, 7)
+    # Large-norm outliers among the keys (a wide bound for their queries), negative scale.
+    k = unit(2, 257, 40)
+    k[:, ::37] *= 1e3
+    cases["outliers_negative_scale"] = (unit(2, 33, 40), k, rnd(2, 257, 5), -0.9, 6)
+    # Odd D, M not a multiple of the key panel, few queries (a partial query tile).
+    cases["odd_D"] = (unit(1, 5, 33), unit(1, 1001, 33), rnd(1, 1001, 3), 10.0, 9)
+    cases["D1"] = (rnd(1, 17, 1), rnd(1, 70, 1), rnd(1, 70, 2), 1.0, 4)
+    # topk = M; and zero query / key rows (all logits of a zero query tie).
+    cases["topk_all"] = (unit(1, 13, 16), unit(1, 77, 16), rnd(1, 77, 3), 3.0, 77)
+    q, k = unit(1, 20, 24), unit(1, 90, 24)
+    q[0, 3] = 0
+    k[0, 10:15] = 0
+    cases["zero_rows"] = (q, k, rnd(1, 90, 2), 4.0, 5)
+    # Logits of magnitude ~1e4 and tiny ones in one batch.
+    q = 60.0 * rnd(1, 24, 8)
+    q[0, :5] *= 1e-6
+    cases["large_small"] = (q, 60.0 * rnd(1, 64, 8), rnd(1, 64, 3), 1.0, 5)
+    return cases
+
+
+_AWKWARD = _awkward_topk_cases()
+_TIED = {"near_ties", "duplicates", "last_bits", "zero_rows"}
+
+
+@needs_avx2
+@pytest.mark.parametrize("name", sorted(_AWKWARD))
+def test_topk_prefilter_exact_on_awkward_inputs(monkeypatch, name):
+    q, k, v, scale, topk = _AWKWARD[name]
+    out, lse, idx = _assert_prefilter_exact(monkeypatch, q, k, v, scale, topk)
+    if name not in _TIED:  # (with ties, float64 may keep other keys, and torch.topk breaks them its own way)
+        ref = densecorr.global_attention(q.double(), k.double(), v.double(), scale, topk, backend="reference")
+        assert_close(out, ref, torch.float32)
+
+
+@needs_avx2
+def test_topk_prefilter_margin_is_needed(monkeypatch):
+    """Near-tied keys whose int16 approximate logits rank differently from their exact ones:
+    a pre-filter keeping only the approximate top-k (margin 0) would return other keys than
+    the plain path. The kernel returns the plain path's."""
+    g = torch.Generator().manual_seed(0)
+    D, M, topk, scale = 64, 400, 10, 10.0
+    k = torch.nn.functional.normalize(torch.randn(1, M, D, generator=g), dim=-1)
+    k[0, 200:260] = k[0, 5] * (1 + 1e-4 * torch.randn(60, D, generator=g))
+    q = k[:, 5:6].expand(1, 8, D) + 1e-3 * torch.randn(1, 8, D, generator=g)
+    # The quantisation of topk_prefilter.h: per row step max|x| / qmax, qmax the largest with
+    # ceil(D/2) * 2 * qmax^2 < 2^31 (rounding ties aside).
+    qmax = int(((2**31 - 1) / (D + D % 2)) ** 0.5)
+
+    def quant(x):
+        step = x.abs().amax(-1, keepdim=True) / qmax
+        return (x / step).round() * step
+
+    approx = torch.einsum("bnd,bmd->bnm", quant(scale * q).double(), quant(k).double())
+    margin0 = approx.topk(topk, -1).indices.sort(-1).values
+    out, lse, idx = _assert_prefilter_exact(monkeypatch, q, k, torch.randn(1, M, 3, generator=g), scale, topk)
+    assert (idx.sort(-1).values != margin0).any(-1).all(), "every row must defeat a margin-0 filter"
+
+
+@needs_avx2
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("where", ["q", "k"])
+def test_topk_prefilter_falls_back_on_non_finite_input(monkeypatch, bad, where):
+    q, k, v = _unit(1, 20, 32), _unit(1, 300, 32), torch.randn(1, 300, 3)
+    (q if where == "q" else k)[0, 4, 7] = bad
+    _assert_prefilter_exact(monkeypatch, q, k, v, 2.0, 5)
+
+
+@needs_avx2
+def test_topk_prefilter_auto_and_base_variant(monkeypatch):
+    """The default (auto) choice at a shape where the pre-filter runs, and the baseline SIMD
+    variant (no pre-filter: DENSECORR_TOPK_PREFILTER=on falls back), equal the plain path."""
+    q, k, v = _unit(1, 70, 64), _unit(1, 8200, 64), torch.randn(1, 8200, 3)
+    plain = _topk_fwd(monkeypatch, "off", q, k, v, 14.0, 10)
+    auto = _topk_fwd(monkeypatch, "auto", q, k, v, 14.0, 10)
+    assert all(torch.equal(a, b) for a, b in zip(auto, plain))
+    monkeypatch.setenv("DENSECORR_CPU_SIMD", "base")
+    q, k, v = _unit(2, 30, 20), _unit(2, 111, 20), torch.randn(2, 111, 2)
+    _assert_prefilter_exact(monkeypatch, q, k, v, 1.5, 3)
+
+
+@needs_avx2
+@FUZZ
+@given(B=st.integers(1, 2), N=st.integers(1, 30), M=st.integers(1, 300), D=st.integers(1, 70),
+       C=st.sampled_from([1, 3, 8]), topk=st.sampled_from([1, 2, 5, 16, "all"]),
+       scale=st.sampled_from([0.3, 8.0, -2.0]))
+def test_topk_prefilter_exact_fuzz(B, N, M, D, C, topk, scale):
+    topk = M if topk == "all" else min(topk, M)
+    q, k, v = torch.randn(B, N, D), torch.randn(B, M, D), torch.randn(B, M, C)
+    with pytest.MonkeyPatch.context() as mp:
+        _assert_prefilter_exact(mp, q, k, v, scale, topk)

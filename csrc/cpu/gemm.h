@@ -22,7 +22,7 @@ inline void gemm_micro(int64_t K, const T* A, int64_t lda, const T* B, int64_t l
     for (int j = 0; j < NR; ++j) b[j] = vload(B + p * ldb + j * W);
     for (int i = 0; i < MR; ++i) {
       const V<T> a = vsplat(TA ? A[p * lda + i] : A[i * lda + p]);
-      for (int j = 0; j < NR; ++j) acc[i][j] += a * b[j];
+      for (int j = 0; j < NR; ++j) acc[i][j] = vfma(a, b[j], acc[i][j]);  // pinned FMA: see vfma
     }
   }
   for (int i = 0; i < MR; ++i)

@@ -81,6 +81,25 @@ void global_fwd_dense(const T* q, const T* kpk, const T* vp, int64_t vstride, T*
   });
 }
 
+// One query's top-k result from its running top-k (finished here): the softmax over the
+// kept logits, out = their weighted sum of v rows (vb: this batch's (M, C) values), lse, and
+// the kept key indices, best first. p, acc: scratch of topk and C elements. Shared by the
+// plain top-k forward and the pre-filtered one (topk_prefilter.h), so both give the same bits.
+template <typename T>
+inline void topk_emit_row(TopK<T>& top, const T* vb, int64_t C, T* p, T* acc, T* out_row, T* lse_row,
+                          int64_t* idx_row) {
+  const int64_t n = top.finish();
+  const Cand<T>* c = top.buf;
+  const T mx = c[0].v;
+  T sum = 0;
+  for (int64_t j = 0; j < n; ++j) sum += (p[j] = std::exp(c[j].v - mx));
+  std::fill(acc, acc + C, T(0));
+  for (int64_t j = 0; j < n; ++j) axpy(acc, p[j], vb + c[j].i * C, C);
+  for (int64_t cc = 0; cc < C; ++cc) out_row[cc] = acc[cc] / sum;
+  *lse_row = mx + std::log(sum);
+  for (int64_t j = 0; j < n; ++j) idx_row[j] = c[j].i;
+}
+
 // Forward with top-k: logits streamed block by block through a running top-k per query;
 // the softmax and the weighted sum over the k kept keys at the end. v: (M, C) per batch.
 template <typename T>
@@ -124,17 +143,8 @@ void global_fwd_topk(const T* q, const T* kpk, const T* v, int64_t vstride, T* o
         }
       }
       for (int64_t i = 0; i < bq; ++i) {
-        const int64_t n = tops[i].finish();
-        const Cand<T>* c = tops[i].buf;
-        const T mx = c[0].v;
-        T sum = 0;
-        for (int64_t j = 0; j < n; ++j) sum += (p[j] = std::exp(c[j].v - mx));
-        std::fill(acc.begin(), acc.end(), T(0));
-        for (int64_t j = 0; j < n; ++j) axpy(acc.data(), p[j], v + b * vstride + c[j].i * C, C);
         const int64_t row = b * N + i0 + i;
-        for (int64_t cc = 0; cc < C; ++cc) out[row * C + cc] = acc[cc] / sum;
-        lse[row] = mx + std::log(sum);
-        for (int64_t j = 0; j < n; ++j) idx[row * topk + j] = c[j].i;
+        topk_emit_row(tops[i], v + b * vstride, C, p.data(), acc.data(), out + row * C, lse + row, idx + row * topk);
       }
     }
   });

@@ -122,6 +122,48 @@ inline auto hmax(VT x) {
   }
 }
 
+// a * b + c, elementwise: one rounding (FMA) in the variants whose including file sets
+// DC_FMA (1: AVX2 instructions, 2: AVX-512), else as written. Spelled out (not left to the
+// compiler's contraction of `c += a * b`, which it may skip, e.g. in SLP-vectorised loops)
+// where another kernel reproduces the bits lane by lane with std::fma: the top-k pre-filter's
+// exact re-computation of the plain path's logits (topk_prefilter.h).
+inline V<float> vfma(V<float> a, V<float> b, V<float> c) {
+#if defined(DC_FMA) && DC_FMA == 2
+  return (V<float>)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(DC_FMA) && DC_FMA == 1 && DC_VBYTES == 64  // 16-wide vectors on AVX2 (a test build)
+  typedef float H __attribute__((vector_size(32)));
+  const H lo = (H)_mm256_fmadd_ps((__m256)__builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7),
+                                  (__m256)__builtin_shufflevector(b, b, 0, 1, 2, 3, 4, 5, 6, 7),
+                                  (__m256)__builtin_shufflevector(c, c, 0, 1, 2, 3, 4, 5, 6, 7));
+  const H hi = (H)_mm256_fmadd_ps((__m256)__builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15),
+                                  (__m256)__builtin_shufflevector(b, b, 8, 9, 10, 11, 12, 13, 14, 15),
+                                  (__m256)__builtin_shufflevector(c, c, 8, 9, 10, 11, 12, 13, 14, 15));
+  return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+#elif defined(DC_FMA) && DC_FMA == 1
+  return (V<float>)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+  return a * b + c;
+#endif
+}
+inline V<double> vfma(V<double> a, V<double> b, V<double> c) {
+#if defined(DC_FMA) && DC_FMA == 2
+  return (V<double>)_mm512_fmadd_pd((__m512d)a, (__m512d)b, (__m512d)c);
+#elif defined(DC_FMA) && DC_FMA == 1 && DC_VBYTES == 64
+  typedef double H __attribute__((vector_size(32)));
+  const H lo = (H)_mm256_fmadd_pd((__m256d)__builtin_shufflevector(a, a, 0, 1, 2, 3),
+                                  (__m256d)__builtin_shufflevector(b, b, 0, 1, 2, 3),
+                                  (__m256d)__builtin_shufflevector(c, c, 0, 1, 2, 3));
+  const H hi = (H)_mm256_fmadd_pd((__m256d)__builtin_shufflevector(a, a, 4, 5, 6, 7),
+                                  (__m256d)__builtin_shufflevector(b, b, 4, 5, 6, 7),
+                                  (__m256d)__builtin_shufflevector(c, c, 4, 5, 6, 7));
+  return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7);
+#elif defined(DC_FMA) && DC_FMA == 1
+  return (V<double>)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
+#else
+  return a * b + c;
+#endif
+}
+
 // exp(x), elementwise; exactly 0 for x below the float range (and for -inf).
 // Cephes-style: 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2], max. rel. error ~2 ulp.
 inline V<float> vexp(V<float> x) {
