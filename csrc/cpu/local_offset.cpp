@@ -3,9 +3,11 @@
 // local_offset_kernels.h). Compiled for AVX-512, AVX2+FMA and the baseline instruction set;
 // simd_level() picks one per call.
 //
-// Timing (forward of local_offset_attention, MAST long-term size B=1, T=2, D=64, C=7,
-// H=120, W=214, radius 12, square, boundary "zero", fractional offsets, 1 thread, median
-// of 3, AMD EPYC AVX2): see the commit message / tools in the report of issue 12.
+// Timing (forward of local_offset_attention at the MAST long-term size B=1, T=2, D=64, C=7,
+// H=120, W=214, radius 12, square, boundary "zero", random fractional offsets; 1 thread,
+// median of 3, CPU time of the calling thread on a shared 2-core AMD EPYC, AVX2): 0.56-0.67 s,
+// against 49.9 s for the reference backend and 0.15-0.25 s for the plain local_attention_fwd
+// (no offset) in the same runs; the backward takes 2.6 s, the forward with topk=10 0.84 s.
 #include "common.h"
 
 namespace densecorr_cpu {
