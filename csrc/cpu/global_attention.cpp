@@ -6,6 +6,7 @@
 #include "common.h"
 
 #include <immintrin.h>
+#include <functional>
 
 #define DC_ISA base
 #define DC_PREFILTER_ISA 0
@@ -54,13 +55,12 @@ using densecorr::shape;
 using densecorr::Tensor;
 namespace st = torch::stable;
 
-// Where the top-k pre-filter wins (AVX2 on an AMD EPYC Zen 3, 1 thread, N = 1000: 7-25% at
-// D >= 64 and M D >= 2^19, k <= M / 128; it loses at k = M / 64, where the survivors' exact
-// logits cost more than the int16 product saves, and on small products, where quantising
-// the keys does).
+// Where the top-k pre-filter wins (AVX2 on an AMD EPYC Zen 3, 1 thread, N = 1000, k = 10:
+// 10-30% at D >= 64 and M D >= 2^18; at k = M / 128 it no longer pays, as the survivors'
+// exact logits (about k + a few per query) cost more than the int16 product saves).
 constexpr int64_t kTopkPrefilterMinD = 64;
-constexpr int64_t kTopkPrefilterMinWork = int64_t(1) << 19;  // M * D
-constexpr int64_t kTopkPrefilterKeysPerK = 128;
+constexpr int64_t kTopkPrefilterMinWork = int64_t(1) << 18;  // M * D
+constexpr int64_t kTopkPrefilterKeysPerK = 256;
 
 #define DC_DISPATCH_ISA(fn, ...) \
   (simd_level() == 2 ? avx512::fn(__VA_ARGS__) : simd_level() == 1 ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))

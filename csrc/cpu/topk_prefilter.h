@@ -171,23 +171,6 @@ struct Surv {
   int64_t j;
 };
 
-// buf holds every key seen so far whose ub >= *thr (the running k-th largest lb, a lower
-// bound of the final one) and at least the k keys of largest lb: *thr becomes the k-th
-// largest lb in buf (that of all keys seen), and the keys with ub below it go (order kept).
-inline void prune_survivors(std::vector<Surv>& buf, int64_t k, float* thr, std::vector<float>& tmp) {
-  const int64_t n = static_cast<int64_t>(buf.size());
-  if (n < k) return;
-  tmp.resize(n);
-  for (int64_t e = 0; e < n; ++e) tmp[e] = buf[e].lb;
-  std::nth_element(tmp.begin(), tmp.begin() + (n - k), tmp.end());
-  *thr = std::max(*thr, tmp[n - k]);
-  const float t = *thr;
-  int64_t w = 0;
-  for (int64_t e = 0; e < n; ++e)
-    if (buf[e].ub >= t) buf[w++] = buf[e];
-  buf.resize(w);
-}
-
 // A (query row in the block, key) pair whose exact logit is wanted.
 struct SurvPair {
   int64_t i, j;
@@ -228,36 +211,51 @@ inline void exact_logits(const float* qhb, const float* kb, int64_t D, const Sur
   for (; t < n; ++t) exact_group<1>(qhb, kb, D, pr + t, nullptr, e + t);
 }
 
-// One query's candidates over the stream: every key seen whose ub >= th (th the running
-// k-th largest lb), pruned when the buffer reaches cap; the next prune comes after
-// max(k, half the kept) more pushes (amortised O(1) a push, near-ties too).
+// One query's candidates over the stream: every key seen whose ub >= th, th the running k-th
+// largest lb (kept exact by a min-heap of the k largest lb pushed: a key with lb >= th has
+// ub >= th, so it was pushed). Keys come in ascending order; the buffer drops those with
+// ub < th when it has doubled since the last time (amortised O(1) a push, near-ties too).
 struct SurvRow {
   std::vector<Surv> buf;
+  std::vector<float> top;  // min-heap of the k largest lb pushed
   float th = 0;
   int64_t cap = 0;
   void reset(int64_t k) {
     buf.clear();
+    top.clear();
     th = -std::numeric_limits<float>::infinity();
-    cap = 2 * k;
+    cap = 4 * k + 16;
   }
-  void prune(int64_t k, std::vector<float>& tmp) {
-    prune_survivors(buf, k, &th, tmp);
-    const int64_t n = static_cast<int64_t>(buf.size());
-    cap = n + std::max(k, n / 2);
+  void prune(int64_t k) {
+    int64_t w = 0;
+    for (const Surv& sv : buf)
+      if (sv.ub >= th) buf[w++] = sv;
+    buf.resize(w);
+    cap = std::max<int64_t>(4 * k + 16, 2 * w);
   }
-  void push(float ub, float lb, int64_t j, int64_t k, std::vector<float>& tmp) {
+  void push(float ub, float lb, int64_t j, int64_t k) {
     buf.push_back({ub, lb, j});
-    if (static_cast<int64_t>(buf.size()) >= cap) prune(k, tmp);
+    if (static_cast<int64_t>(top.size()) < k) {
+      top.push_back(lb);
+      std::push_heap(top.begin(), top.end(), std::greater<float>());
+      if (static_cast<int64_t>(top.size()) == k) th = top[0];
+    } else if (lb > top[0]) {
+      std::pop_heap(top.begin(), top.end(), std::greater<float>());
+      top.back() = lb;
+      std::push_heap(top.begin(), top.end(), std::greater<float>());
+      th = top[0];
+    }
+    if (static_cast<int64_t>(buf.size()) >= cap) prune(k);
   }
 };
 
 // The candidates among lanes m of one result vector (keys j..j+W-1): out of line, as they
 // are rare once the running thresholds have settled.
 __attribute__((noinline)) inline void push_lanes(SurvRow& st, const float* ub, const float* lb, uint32_t m,
-                                                 int64_t j, int64_t k, std::vector<float>& tmp) {
+                                                 int64_t j, int64_t k) {
   for (; m != 0; m &= m - 1) {
     const int l = __builtin_ctz(m);
-    if (ub[l] >= st.th) st.push(ub[l], lb[l], j + l, k, tmp);  // th may have risen
+    if (ub[l] >= st.th) st.push(ub[l], lb[l], j + l, k);  // th may have risen
   }
 }
 
@@ -293,7 +291,7 @@ inline void q16_micro(int64_t D2, const int32_t* Ap, const int16_t* Bp, int32_t*
 }
 template <int MR>
 inline void q16_micro_scan(int64_t D2, const int32_t* Ap, const int16_t* Bp, int64_t nrows, int64_t j,
-                           int64_t nvalid, const ScanRows& R, const ScanKeys& K, int64_t k, std::vector<float>& tmp) {
+                           int64_t nvalid, const ScanRows& R, const ScanKeys& K, int64_t k) {
   constexpr int W = Vec<float>::W;
   // The tile leaves the registers once, to a buffer in L1 (scanned row by row below: indexing
   // the accumulators by a run-time row would keep them in memory inside the product loop).
@@ -317,7 +315,7 @@ inline void q16_micro_scan(int64_t D2, const int32_t* Ap, const int16_t* Bp, int
         float ubs[W], lbs[W];
         vstore(ubs, ub);
         vstore(lbs, a - beta);
-        push_lanes(R.st[i], ubs, lbs, m, j + c * W, k, tmp);
+        push_lanes(R.st[i], ubs, lbs, m, j + c * W, k);
       }
     }
   }
@@ -411,7 +409,7 @@ inline bool global_fwd_topk_q16(const float* q, const float* k, const float* v, 
   parallel_for(0, B * nqb, grain_for(kQBQ * M * D / 2), [&](int64_t begin, int64_t end) {
     std::vector<int32_t> Aq(kQBQ * D2);
     std::vector<SurvRow> rows(kQBQ);
-    std::vector<float> tmp, qhb(kQBQ * D), ex, p(topk), acc(C);
+    std::vector<float> qhb(kQBQ * D), ex, p(topk), acc(C);
     std::vector<SurvPair> pairs;
     std::vector<Cand<float>> cands(2 * topk);
     for (int64_t task = begin; task < end; ++task) {
@@ -429,8 +427,7 @@ inline bool global_fwd_topk_q16(const float* q, const float* k, const float* v, 
         for (int64_t t = 0; t * kQMR < bq; ++t) {
           const int64_t r0 = b * N + i0 + t * kQMR;
           const ScanRows R{qs.data() + r0, qalpha.data() + r0, qrho.data() + r0, rows.data() + t * kQMR};
-          q16_micro_scan<kQMR>(D2, Aq.data() + t * kQMR * D2, kqb + j * Dp, bq - t * kQMR, j, M - j, R, K, topk,
-                               tmp);
+          q16_micro_scan<kQMR>(D2, Aq.data() + t * kQMR * D2, kqb + j * Dp, bq - t * kQMR, j, M - j, R, K, topk);
         }
       }
       // The survivors (ub >= the final k-th lb) of all rows, in (row, key) order; their exact
@@ -438,7 +435,7 @@ inline bool global_fwd_topk_q16(const float* q, const float* k, const float* v, 
       // plain path's TopK rule (keys in ascending order).
       pairs.clear();
       for (int64_t i = 0; i < bq; ++i) {
-        rows[i].prune(topk, tmp);
+        rows[i].prune(topk);
         for (const Surv& sv : rows[i].buf) pairs.push_back({i, sv.j});
       }
       for (int64_t i = 0; i < bq; ++i)
