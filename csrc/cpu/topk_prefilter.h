@@ -9,7 +9,7 @@
 // instruction of an fp32 FMA), and each pair (i, j) gets a rigorous interval
 // [lb, ub] = approx -+ beta_ij around the logit E_ij that the plain path computes:
 //   beta_ij = (eq_i ||k_j||_1 + ek_j ||q~_i||_1) (1 + 2^-16) + (gamma_D + 2^-18) |q^_i|_inf ||k_j||_1,
-// eq_i, ek_j the largest per-element quantisation errors (computed exactly, in double),
+// eq_i, ek_j bounds of the largest per-element quantisation errors (measured, one FMA rounding),
 // q~_i the dequantised query, q^_i the float scaled query, gamma_D = D u / (1 - D u) the
 // float rounding of the plain path's length-D dot product, the 2^-16 / 2^-18 terms the
 // float rounding of the few operations that evaluate approx, beta, lb and ub (each within
@@ -404,7 +404,7 @@ inline bool global_fwd_topk_q16(const float* q, const float* k, const float* v, 
       if (kinf[e] > 0) kmn = std::min(kmn, double(kinf[e]));
     }
   if (qmx * k1mx * double(D + 2) > 1e30) return false;
-  if (qmx > 0 && kmx > 0 && qmn * kmn < 1e-30) return false;
+  if (qmx > 0 && kmx > 0 && qmn * kmn < 1e-20) return false;  // steps' products stay normal
 
   parallel_for(0, B * nqb, grain_for(kQBQ * M * D / 2), [&](int64_t begin, int64_t end) {
     std::vector<int32_t> Aq(kQBQ * D2);
