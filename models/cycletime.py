@@ -44,9 +44,16 @@ match is known; top-1 cell-match accuracy of `embed`, 100 steps of 4 clips):
   - with it, the inlier term still made training unstable (0.36 then 0.07), while the pure
     cycle loss (skip + long; `inlier_weight` 0) learned steadily (0.04 -> 0.33 in 200 steps;
     the issue's DAVIS runs: the pure cycle at 128 px, J&F 0.16 -> 0.30 in 500 steps);
-  - two residual stages instead of four (`stages`): with the whole 64 px frame in every
+  - a shallower trunk than TimeCycle's (`stages`): with the whole 64 px frame in every
     cell's receptive field, the separately encoded patch did not resemble the frame's
-    features at its place (0.04 -> 0.02);
+    features at its place (0.04 -> 0.02 with four stages);
+  - stride 4 and one residual stage, 32-d features (the other methods' CPU recipe, the
+    shipped default's trunk): the previous two-stage stride-8 preset learned (J&F 0.32 ->
+    0.52, crw protocol, 240p, 12 frames) but tracked below Lab colour under the default
+    `dino` protocol at 480p (0.53 on six of the seven sequences, Lab 0.68 there); the
+    stride-4 trunk keeps small objects' own features (32 px patches of 8 x 8 cells);
+    1000 steps (dino at 240p, first 20 frames of the seven sequences: init 0.559, step 400
+    0.578, step 1000 0.602; Lab 0.562);
   - temperature 0.05 (the paper's 1 / sqrt(out_dim) is 1 / 8 at out_dim 64: a flat affinity).
 The "paper" preset keeps TimeCycle's regressor, inlier weight 1 and temperature.
 
@@ -160,13 +167,14 @@ PRESETS = {
     # batch 32, ResNet-50 res4.
     "paper": dict(model_config={"frame_size": 240, "patch_cells": 10}, resize=240, crop=(240, 240), gaps=(2,),
                   batch_size=32, lr=2e-4, steps=100_000),
-    # CPU scale (see the module docstring): a narrow two-stage ResNet-18 on 64 x 64 crops, 32 px
-    # patches of 4 x 4 cells, the transform read by Procrustes from the affinity at T = 0.05, and
-    # the pure cycle loss (inlier off); 2000 cosine steps.
-    "cpu": dict(model_config={"arch": "resnet18", "width": 16, "out_dim": 64, "stages": 2, "frame_size": 64,
-                              "patch_scale": 0.5, "patch_cells": 4, "transform": "procrustes", "temperature": 0.05,
-                              "inlier_weight": 0.0},
-                gaps=(2,), lr=1e-3, steps=2000, schedule="cosine", resize=None, crop=(64, 64), batch_size=4,
+    # CPU scale (see the module docstring): a narrow one-stage ResNet-18 at stride 4 (32-d, the
+    # shipped default's trunk) on 64 x 64 crops, 32 px patches of 8 x 8 cells, the transform read
+    # by Procrustes from the affinity at T = 0.05, and the pure cycle loss (inlier off); 1000
+    # cosine steps (the stride-8 two-stage preset before it: below Lab colour at 480p).
+    "cpu": dict(model_config={"arch": "resnet18", "stride": 4, "width": 16, "out_dim": 32, "stages": 1,
+                              "frame_size": 64, "patch_scale": 0.5, "patch_cells": 8, "transform": "procrustes",
+                              "temperature": 0.05, "inlier_weight": 0.0},
+                gaps=(2,), lr=1e-3, steps=1000, schedule="cosine", resize=None, crop=(64, 64), batch_size=4,
                 ckpt_every=100, eval_max_frames=12),
 }
 
