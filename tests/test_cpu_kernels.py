@@ -306,6 +306,12 @@ def _awkward_topk_cases():
     q[0, 3] = 0
     k[0, 10:15] = 0
     cases["zero_rows"] = (q, k, rnd(1, 90, 2), 4.0, 5)
+    # Zero queries over many keys: every logit ties at 0, the row's candidates overflow and it
+    # is computed over all keys.
+    q = unit(1, 10, 64)
+    q[0, 2] = 0
+    q[0, 5] = 0
+    cases["zero_rows_overflow"] = (q, unit(1, 3000, 64), rnd(1, 3000, 3), 6.0, 3)
     # Logits of magnitude ~1e4 and tiny ones in one batch.
     q = 60.0 * rnd(1, 24, 8)
     q[0, :5] *= 1e-6
@@ -314,7 +320,7 @@ def _awkward_topk_cases():
 
 
 _AWKWARD = _awkward_topk_cases()
-_TIED = {"near_ties", "duplicates", "last_bits", "zero_rows"}
+_TIED = {"near_ties", "duplicates", "last_bits", "zero_rows", "zero_rows_overflow"}
 
 
 @needs_avx2

@@ -215,23 +215,35 @@ inline void exact_logits(const float* qhb, const float* kb, int64_t D, const Sur
 // largest lb (kept exact by a min-heap of the k largest lb pushed: a key with lb >= th has
 // ub >= th, so it was pushed). Keys come in ascending order; the buffer drops those with
 // ub < th when it has doubled since the last time (amortised O(1) a push, near-ties too).
+// A row whose kept candidates exceed 8k + 1024 (massive ties: e.g. a zero query, all of whose
+// logits are 0) stops collecting (th = +inf) and is computed exactly over all keys at the end:
+// memory stays bounded.
 struct SurvRow {
   std::vector<Surv> buf;
   std::vector<float> top;  // min-heap of the k largest lb pushed
   float th = 0;
   int64_t cap = 0;
+  bool overflow = false;
   void reset(int64_t k) {
     buf.clear();
     top.clear();
     th = -std::numeric_limits<float>::infinity();
     cap = 4 * k + 16;
+    overflow = false;
   }
   void prune(int64_t k) {
+    if (overflow) return;
     int64_t w = 0;
     for (const Surv& sv : buf)
       if (sv.ub >= th) buf[w++] = sv;
     buf.resize(w);
     cap = std::max<int64_t>(4 * k + 16, 2 * w);
+    if (w > 8 * k + 1024) {
+      overflow = true;
+      buf.clear();
+      buf.shrink_to_fit();
+      th = std::numeric_limits<float>::infinity();
+    }
   }
   void push(float ub, float lb, int64_t j, int64_t k) {
     buf.push_back({ub, lb, j});
@@ -446,6 +458,22 @@ inline bool global_fwd_topk_q16(const float* q, const float* k, const float* v, 
       for (int64_t i = 0; i < bq; ++i) {
         const int64_t r0 = b * N + i0 + i;
         TopK<float> top(cands.data(), topk);
+        if (rows[i].overflow) {  // all keys, in order, 8 at a time
+          SurvPair all[8];
+          float ea[8];
+          int64_t j = 0;
+          for (; j + 8 <= M; j += 8) {
+            for (int t = 0; t < 8; ++t) all[t] = {i, j + t};
+            exact_group<8>(qhb.data(), k + b * M * D, D, all, nullptr, ea);
+            for (int t = 0; t < 8; ++t)
+              if (top.wants(ea[t])) top.push(ea[t], j + t);
+          }
+          for (; j < M; ++j) {
+            all[0] = {i, j};
+            exact_group<1>(qhb.data(), k + b * M * D, D, all, nullptr, ea);
+            if (top.wants(ea[0])) top.push(ea[0], j);
+          }
+        }
         for (; e < static_cast<int64_t>(pairs.size()) && pairs[e].i == i; ++e)
           if (top.wants(ex[e])) top.push(ex[e], pairs[e].j);
         topk_emit_row(top, v + b * vstride, C, p.data(), acc.data(), out + r0 * C, lse + r0, idx + r0 * topk);
