@@ -416,6 +416,7 @@ inline bool global_fwd_topk_q16(const float* q, const float* k, const float* v, 
       if (kinf[e] > 0) kmn = std::min(kmn, double(kinf[e]));
     }
   if (qmx * k1mx * double(D + 2) > 1e30) return false;
+  if (qmx == 0) return false;  // all queries zero (scale 0): every logit ties, nothing to filter
   if (qmx > 0 && kmx > 0 && qmn * kmn < 1e-20) return false;  // steps' products stay normal
 
   parallel_for(0, B * nqb, grain_for(kQBQ * M * D / 2), [&](int64_t begin, int64_t end) {
