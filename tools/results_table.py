@@ -1,8 +1,9 @@
 """Collect `densecorr eval-davis` results into one markdown table.
 
     python tools/results_table.py /tmp/evals/*/results.json > RESULTS.md
+    python tools/results_table.py "crw, previous checkpoint=old/results.json" ...
 
-One row per results.json: model (its description), protocol, height, frames limit, J&F, J, F,
+One row per results.json (LABEL=PATH names the row LABEL instead of the model's description): model (its description), protocol, height, frames limit, J&F, J, F,
 s/frame, peak MiB and the per-sequence J&F in the order of the first file's sequences."""
 import json
 import sys
@@ -10,7 +11,8 @@ import sys
 
 def main(paths):
     rows, order = [], None
-    for path in paths:
+    for arg in paths:
+        label, _, path = arg.rpartition("=")
         with open(path) as f:
             d = json.load(f)
         seqs = d["sequences"]
@@ -18,7 +20,7 @@ def main(paths):
             order = [s["sequence"] for s in seqs]
         per = {s["sequence"]: s["J&F"] for s in seqs}
         m, meta = d["mean"], d["meta"]
-        rows.append((meta["model_description"], meta["protocol"], meta.get("height") or "native",
+        rows.append((label or meta["model_description"], meta["protocol"], meta.get("height") or "native",
                      meta.get("max_frames") or "all", m["J&F"], m["J_mean"], m["F_mean"], m["s_per_frame"],
                      m["peak_mib"], ", ".join(f"{per[s]:.3f}" if s in per else "-" for s in order), meta["date"]))
     print("| model | protocol | height | frames | J&F | J | F | s/frame | peak MiB | per sequence (" + ", ".join(order or []) + ") | measured |")
