@@ -99,7 +99,8 @@ class CRWConfig(ModelConfig):
 # trunk barely moved from its init (J&F 0.540 -> 0.558, crw protocol, 240p, 12 frames) and
 # tracked below Lab colour under the default `dino` protocol at 480p (0.550, Lab 0.624). The
 # one-stage trunk (dino at 240p, first 20 frames of the seven sequences; Lab 0.562): init 0.622,
-# step 600 0.642, step 1000 0.648.
+# step 600 0.642, step 1000 0.648; but at 480p under dino 0.611, below its init (0.639) and Lab:
+# not yet a recipe that learns at the evaluation scale (docs/methods.md).
 PRESETS = {
     "paper": dict(model_config={}, resize=256, crop=(256, 256), gaps=(3,), batch_size=20, lr=1e-4,
                   steps=1_500_000),

@@ -53,7 +53,8 @@ match is known; top-1 cell-match accuracy of `embed`, 100 steps of 4 clips):
     `dino` protocol at 480p (0.53 on six of the seven sequences, Lab 0.68 there); the
     stride-4 trunk keeps small objects' own features (32 px patches of 8 x 8 cells);
     1000 steps (dino at 240p, first 20 frames of the seven sequences: init 0.559, step 400
-    0.578, step 1000 0.602; Lab 0.562);
+    0.578, step 1000 0.602; Lab 0.562). At 480p under dino it scores 0.606 (previous preset
+    ~0.53), level with its init (0.611) and below Lab (0.624): still open (docs/methods.md);
   - temperature 0.05 (the paper's 1 / sqrt(out_dim) is 1 / 8 at out_dim 64: a flat affinity).
 The "paper" preset keeps TimeCycle's regressor, inlier weight 1 and temperature.
 
