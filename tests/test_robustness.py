@@ -139,6 +139,45 @@ def test_backward_ops_reject_bad_saved_tensors(backend, which):
     assert run.stdout.strip() == "done", run.stdout
 
 
+_EXT_BAD_INDEX_SCRIPT = r"""
+import torch, densecorr
+from densecorr import _ext
+assert _ext.load()
+ext = torch.ops.densecorr_ext
+q, k, v = torch.randn(1, 6, 3), torch.randn(1, 9, 3), torch.randn(1, 9, 2)
+out, lse, idx = ext.global_attention_fwd(q, k, v, 1.0, 3)
+for bad in (10**9, -5, 9):
+    i = idx.clone(); i[0, 0, 0] = bad
+    try:
+        ext.global_attention_bwd(torch.ones_like(out), q, k, v, out, lse, i, 1.0); print("accepted", bad)
+    except RuntimeError as e:
+        assert "outside the keys M = [0, 9)" in str(e), e
+q = torch.randn(1, 2, 4, 5); k = torch.randn(1, 2, 2, 4, 5); v = torch.randn(1, 2, 3, 4, 5)
+for name in ("local_attention", "local_offset_attention"):
+    extra = (torch.zeros(1, 2, 2, 4, 5),) if "offset" in name else ()
+    out, lse, idx = getattr(ext, name + "_fwd")(q, k, v, *extra, 1, 1, 1.0, "mask", "square", 4)
+    for bad in (10**9, -1, 18):
+        i = idx.clone(); i[0, 3, 4, 0] = bad
+        try:
+            getattr(ext, name + "_bwd")(torch.ones_like(out), q, k, v, *extra, out, lse, i, 1, 1, 1.0, "mask", "square")
+            print("accepted", name, bad)
+        except RuntimeError as e:
+            assert "outside the window positions T*P = [0, 18)" in str(e), e
+print("done")
+"""
+
+
+@pytest.mark.skipif(not HAS_CPU, reason="the C++ extension is not built")
+def test_extension_backward_ops_check_their_indices():
+    """torch.ops.densecorr_ext.*_bwd (the C++ kernels, registered too) check saved top-k
+    indices themselves: out of range is a RuntimeError naming the range (the global one
+    segfaulted, the local one read stray memory). In a subprocess, so a crash fails the test."""
+    run = subprocess.run([sys.executable, "-c", _EXT_BAD_INDEX_SCRIPT], capture_output=True, text=True, cwd=REPO,
+                         timeout=300)
+    assert run.returncode == 0, f"rc={run.returncode}\n{run.stdout}\n{run.stderr[-3000:]}"
+    assert run.stdout.strip() == "done", run.stdout
+
+
 # --------------------------------------------------------------------------- integer image-boundary masks
 
 

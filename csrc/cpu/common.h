@@ -186,4 +186,16 @@ inline void check_cpu_input(const densecorr::Tensor& t, const char* name, densec
            densecorr::dtype_name(t.scalar_type()));
 }
 
+// Saved indices reach the registered backward ops from outside (torch.ops.densecorr_ext.*):
+// one out of [0, limit) must be an error, not a stray read.
+inline void check_index_range(const densecorr::Tensor& idx, int64_t limit, const char* op, const char* what) {
+  const int64_t* ip = densecorr::ptr<int64_t>(idx);
+  const int64_t n = idx.numel();
+  int64_t bad = -1;
+  for (int64_t i = 0; i < n && bad < 0; ++i)
+    if (ip[i] < 0 || ip[i] >= limit) bad = i;
+  DC_CHECK(bad < 0, "densecorr cpu ", op, ": idx holds ", bad < 0 ? 0 : ip[bad], ", outside the ", what, " [0, ",
+           limit, ")");
+}
+
 }  // namespace densecorr_cpu

@@ -219,6 +219,9 @@ std::tuple<Tensor, Tensor, Tensor> global_attention_bwd(const Tensor& grad_out, 
            " must be (B, N, C) for q ", shape(q), ", v ", shape(v));
   DC_CHECK(ix.dim() == 3 && ix.scalar_type() == densecorr::ScalarType::Long,
            "densecorr cpu global_attention_bwd: idx must be int64 (B, N, topk)");
+  DC_CHECK(ix.size(0) == q.size(0) && ix.size(1) == q.size(1), "densecorr cpu global_attention_bwd: idx ", shape(ix),
+           " does not fit q ", shape(q));
+  check_index_range(ix, k.size(1), "global_attention_bwd", "keys M =");
   Tensor dq = densecorr::zeros_like(q), dk = densecorr::zeros_like(k), dv = densecorr::zeros_like(v);
   if (q.numel() == 0 || k.numel() == 0 || v.numel() == 0) return {dq, dk, dv};
   DC_DISPATCH_FLOAT(q.scalar_type(), "cpu global_attention_bwd", [&] {

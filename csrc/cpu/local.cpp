@@ -186,6 +186,9 @@ std::tuple<Tensor, Tensor, Tensor> local_attention_bwd(const Tensor& grad_out, c
   if (q.numel() == 0 || k.numel() == 0 || v.numel() == 0) return {dq, dk, dv};
   const Tensor delta = densecorr::empty({B, H, W}, q);  // (B, H, W): dO . out per pixel
   const int64_t topk = idx.size(3);
+  DC_CHECK(idx.size(0) == B && idx.size(1) == H && idx.size(2) == W, "densecorr cpu local_attention_bwd: idx ",
+           shape(idx), " does not fit q ", shape(q));
+  check_index_range(idx, T * g.P, "local_attention_bwd", "window positions T*P =");
   DC_DISPATCH_FLOAT(q.scalar_type(), "cpu local_attention_bwd", [&] {
     using T_ = scalar_t;
     channel_dots<T_>(ptr<T_>(grad), ptr<T_>(out), ptr<T_>(delta), B, C, H * W);

@@ -249,15 +249,7 @@ std::tuple<Tensor, Tensor, Tensor> local_offset_attention_bwd(const Tensor& grad
            "densecorr cpu ", op, ": grad_out ", shape(grad), ", out ", shape(out), ", lse ", shape(lse), ", idx ",
            shape(idx), " do not fit q ", shape(q), " and v ", shape(v));
   const int64_t topk = idx.size(3), TP = c.T * g.P;
-  {  // saved indices come from outside: an index out of range must be an error, not a stray read
-    const int64_t* ip = ptr<int64_t>(idx);
-    const int64_t n = idx.numel();
-    int64_t bad = -1;
-    for (int64_t i = 0; i < n && bad < 0; ++i)
-      if (ip[i] < 0 || ip[i] >= TP) bad = i;
-    DC_CHECK(bad < 0, "densecorr cpu ", op, ": idx holds ", bad < 0 ? 0 : ip[bad],
-             ", outside the window positions [0, T*P = ", TP, ")");
-  }
+  check_index_range(idx, TP, op, "window positions T*P =");
   Tensor dq = densecorr::zeros_like(q), dk = densecorr::zeros_like(k), dv = densecorr::zeros_like(v);
   if (q.numel() == 0 || k.numel() == 0 || v.numel() == 0) return {dq, dk, dv};
   const Tensor delta = densecorr::empty({B, H, W}, q);
