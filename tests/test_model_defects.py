@@ -199,7 +199,7 @@ def test_cycletime_patch_ignores_pixels_outside_its_crop():
     model = cpu_model("cycletime").eval()
     frame = clip_from_frames(1, size=64, batch=1)[:, 0]
     theta = model.theta(torch.tensor([[0.2, -0.3, 0.5]]))
-    side = 8 * model.config.patch_cells
+    side = model.stride * model.config.patch_cells
     used = sampled_pixels(theta, 64, 64, side, side)
     other = torch.where(used.unsqueeze(1), frame, torch.rand_like(frame))
     torch.testing.assert_close(model.encode_patch(frame, theta), model.encode_patch(other, theta))
