@@ -22,12 +22,16 @@ def area_downsample(x: torch.Tensor, stride: int) -> torch.Tensor:
 
 
 def channel_dropout(x: torch.Tensor, p: float, max_drop: int = 2) -> torch.Tensor:
-    """Zero 1..max_drop random channels of each image with probability p, rescale the rest.
+    """Zero 1..max_drop random channels of each image (or clip) with probability p, rescale the rest.
 
-    x: (B, C, H, W). A dropped image keeps C - n channels, multiplied by C / (C - n) so the
-    input's overall magnitude is unchanged (CorrFlow's information bottleneck; MAST uses n = 1).
+    x: (B, C, H, W) images, or (B, T, C, H, W) clips whose T frames lose the same channels (as
+    CorrFlow's `dropout2d`: "drop same layers for all images"). A dropped image keeps C - n
+    channels, multiplied by C / (C - n) so the input's overall magnitude is unchanged
+    (CorrFlow's information bottleneck; MAST uses n = 1).
     """
-    b, c = x.shape[:2]
+    if x.dim() not in (4, 5):
+        raise ValueError(f"channel_dropout takes (B, C, H, W) or (B, T, C, H, W), got shape {tuple(x.shape)}")
+    b, c = x.shape[0], x.shape[-3]
     if not 1 <= max_drop < c:
         raise ValueError(f"max_drop must be in [1, {c - 1}] for {c} channels, got {max_drop}")
     apply = torch.rand(b, device=x.device) < p
@@ -36,7 +40,8 @@ def channel_dropout(x: torch.Tensor, p: float, max_drop: int = 2) -> torch.Tenso
     ranks = torch.rand(b, c, device=x.device).argsort(1).argsort(1)
     keep = (ranks >= n.unsqueeze(1)).to(x.dtype)
     gain = c / (c - n).to(x.dtype)
-    return x * (keep * gain.unsqueeze(1)).view(b, c, 1, 1)
+    scale = (keep * gain.unsqueeze(1)).view(b, *(1,) * (x.dim() - 4), c, 1, 1)
+    return x * scale
 
 
 def brightness_contrast_jitter(rgb: torch.Tensor, brightness: float, contrast: float) -> torch.Tensor:

@@ -295,6 +295,25 @@ def test_corrflow_cpu_preset_is_the_default_trunk_recipe():
     torch.testing.assert_close(model.embed(frames).norm(dim=1), torch.ones(1, 16, 16))
 
 
+def test_corrflow_drops_the_same_channels_in_every_frame_of_a_clip():
+    """CorrFlow's dropout2d zeroes the same RGB channels in all frames it is given (a clip);
+    dropping per frame would let a frame's colours be read off its neighbours' inputs."""
+    from densecorr.models.common import channel_dropout
+
+    torch.manual_seed(0)
+    clips = torch.ones(64, 4, 3, 2, 2)
+    out = channel_dropout(clips, p=0.7, max_drop=2)
+    scale = out[..., 0, 0]  # (B, T, C): 0 for a dropped channel, C / (C - n) for a kept one
+    assert torch.equal(scale, scale[:, :1].expand_as(scale)), "frames of one clip dropped different channels"
+    dropped = (scale == 0).sum(-1)[:, 0]
+    assert set(dropped.tolist()) == {0, 1, 2}  # 1 or 2 channels, or none (probability 0.3)
+    torch.testing.assert_close(scale.sum(-1), torch.full((64, 4), 3.0))  # magnitude kept
+    images = channel_dropout(clips[:, 0], p=0.7, max_drop=2)  # (B, C, H, W): each image its own
+    assert images.shape == (64, 3, 2, 2)
+    with pytest.raises(ValueError, match="channel_dropout takes"):
+        channel_dropout(torch.ones(3, 2, 2), p=0.5)
+
+
 # ------------------------------------------------------------------------------ CRW
 def test_crw_patches_are_grid_windows_jittered_independently():
     torch.manual_seed(0)
