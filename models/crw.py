@@ -25,9 +25,10 @@ through the clip and back (a palindrome) should return to the node it started fr
   for the `crw` propagation protocol.
 
 Differences from the paper, on purpose: the patch jitter is a crop in the frame's own
-coordinates (one `grid_sample` for all patches) rather than PIL RandomResizedCrop per patch;
-the whole-frame augmentation (videowalk's RandomResizedCrop of the clip) is left to the
-training data's crop; no Sinkhorn targets (videowalk's experimental option). The CPU preset
+coordinates (one `grid_sample` for all patches) rather than PIL RandomResizedCrop per patch,
+and videowalk's RandomResizedCrop of each frame (`--frame-transforms crop`: area 0.8-0.95,
+aspect 0.7-1.3, drawn per frame) is a box in the frame that the grid is laid on
+(`frame_crop_scale`; off in the CPU preset); no Sinkhorn targets (videowalk's experimental option). The CPU preset
 uses a shallow stride-4 trunk on small patches (see PRESETS).
 """
 from __future__ import annotations
@@ -54,7 +55,9 @@ class CRWConfig(ModelConfig):
     embed_stages: the stages `embed` uses (videowalk evaluates without layer4: 3);
     clip_length frames; grid: nodes per side; patch_size: patch side in pixels after the
     jitter (a multiple of the stride); jitter_scale: (min, max) area fraction of each patch's
-    random crop of its window; head_depth: hidden layers of the MLP head (0: linear);
+    random crop of its window; frame_crop_scale / frame_crop_ratio: each frame's own random
+    resized crop (area fraction, aspect range) that the patch grid is laid on (videowalk's
+    `--frame-transforms crop`; None: the whole frame); head_depth: hidden layers of the MLP head (0: linear);
     embed_dim: node embedding size; temperature of the transitions; edge_dropout: probability
     that a transition is dropped."""
 
@@ -68,6 +71,8 @@ class CRWConfig(ModelConfig):
     grid: int = 7
     patch_size: int = 64
     jitter_scale: tuple = (0.7, 0.9)
+    frame_crop_scale: tuple | None = (0.8, 0.95)
+    frame_crop_ratio: tuple = (0.7, 1.3)
     head_depth: int = 1
     embed_dim: int = 128
     temperature: float = 0.05
@@ -85,8 +90,15 @@ class CRWConfig(ModelConfig):
             raise ValueError(f"CRWConfig.head_depth must be >= 0, got {self.head_depth}")
         if not 0.0 <= self.edge_dropout < 1.0:
             raise ValueError(f"CRWConfig.edge_dropout must be in [0, 1), got {self.edge_dropout}")
-        if len(self.jitter_scale) != 2 or not 0 < self.jitter_scale[0] <= self.jitter_scale[1] <= 1:
-            raise ValueError(f"CRWConfig.jitter_scale must be (min, max) with 0 < min <= max <= 1, got {self.jitter_scale}")
+        for name in ("jitter_scale", "frame_crop_scale"):
+            v = getattr(self, name)
+            if v is not None and (len(v) != 2 or not 0 < v[0] <= v[1] <= 1):
+                raise ValueError(f"CRWConfig.{name} must be (min, max) with 0 < min <= max <= 1, got {v}")
+        if self.jitter_scale is None:
+            raise ValueError("CRWConfig.jitter_scale must be (min, max), got None")
+        r = self.frame_crop_ratio
+        if len(r) != 2 or not 0 < r[0] <= r[1]:
+            raise ValueError(f"CRWConfig.frame_crop_ratio must be (min, max) with 0 < min <= max, got {r}")
 
 
 # "paper": videowalk's training command (README): clips of 4 frames, temperature 0.05, edge
@@ -100,12 +112,16 @@ class CRWConfig(ModelConfig):
 # tracked below Lab colour under the default `dino` protocol at 480p (0.550, Lab 0.624). The
 # one-stage trunk (dino at 240p, first 20 frames of the seven sequences; Lab 0.562): init 0.622,
 # step 600 0.642, step 1000 0.648; but at 480p under dino 0.611, below its init (0.639) and Lab:
-# not yet a recipe that learns at the evaluation scale (docs/methods.md).
+# not yet a recipe that learns at the evaluation scale (docs/methods.md). So the frames are
+# resized to 480 px high (the evaluation scale; crops of 64 px of them): dino 480p 0.651 (init
+# 0.639, Lab 0.624). videowalk's per-frame random crop (frame_crop_scale 0.8-0.95) scored lower
+# here (0.603 on native frames, 0.632 at 480), so the CPU preset turns it off.
 PRESETS = {
     "paper": dict(model_config={}, resize=256, crop=(256, 256), gaps=(3,), batch_size=20, lr=1e-4,
                   steps=1_500_000),
-    "cpu": dict(model_config={"width": 32, "stride": 4, "stages": 1, "embed_stages": 1, "patch_size": 16},
-                gaps=(2, 3), lr=1e-3, steps=2000, schedule="cosine", resize=None, crop=(64, 64), batch_size=4,
+    "cpu": dict(model_config={"width": 32, "stride": 4, "stages": 1, "embed_stages": 1, "patch_size": 16,
+                              "frame_crop_scale": None},
+                gaps=(2, 3), lr=1e-3, steps=2000, schedule="cosine", resize=480, crop=(64, 64), batch_size=4,
                 ckpt_every=100, eval_max_frames=12),
 }
 
@@ -148,9 +164,26 @@ class CRW(CorrespondenceModel):
         return {"walk": 1.0}
 
     # -- nodes ----------------------------------------------------------------------------
+    def frame_boxes(self, n: int, device, dtype) -> torch.Tensor:
+        """Each frame's own random resized crop (videowalk's RandomResizedCrop per frame, area
+        `frame_crop_scale`, aspect `frame_crop_ratio`): (n, 4) as (x0, y0, w, h) in frame units."""
+        c = self.config
+        if c.frame_crop_scale is None:
+            return torch.tensor([0.0, 0.0, 1.0, 1.0], device=device, dtype=dtype).expand(n, 4)
+        lo, hi = c.frame_crop_scale
+        area = lo + (hi - lo) * torch.rand(n, device=device, dtype=dtype)
+        lr0, lr1 = math.log(c.frame_crop_ratio[0]), math.log(c.frame_crop_ratio[1])
+        ratio = torch.exp(lr0 + (lr1 - lr0) * torch.rand(n, device=device, dtype=dtype))
+        fw = torch.sqrt(area * ratio).clamp(max=1.0)
+        fh = torch.sqrt(area / ratio).clamp(max=1.0)
+        x0 = torch.rand(n, device=device, dtype=dtype) * (1 - fw)
+        y0 = torch.rand(n, device=device, dtype=dtype) * (1 - fh)
+        return torch.stack([x0, y0, fw, fh], dim=-1)
+
     def patch_boxes(self, n: int, h: int, w: int, device, dtype) -> torch.Tensor:
         """Random jittered crops of the grid windows of n frames: (n, g*g, 4) as (cx, cy, sx, sy)
-        in grid_sample's normalised coordinates (centre and half-size, [-1, 1] = the frame)."""
+        in grid_sample's normalised coordinates (centre and half-size, [-1, 1] = the frame).
+        The grid is laid on each frame's own random crop (`frame_boxes`)."""
         c = self.config
         g = c.grid
         lo, hi = c.jitter_scale
@@ -166,6 +199,10 @@ class CRW(CorrespondenceModel):
         ch = (torch.sqrt(area / ratio) * side).clamp(max=side)
         x0 = wx + torch.rand(n, g * g, device=device, dtype=dtype) * (side - cw)
         y0 = wy + torch.rand(n, g * g, device=device, dtype=dtype) * (side - ch)
+        # crop units -> frame units
+        fb = self.frame_boxes(n, device, dtype).unsqueeze(1)  # (n, 1, 4)
+        x0, y0 = fb[..., 0] + x0 * fb[..., 2], fb[..., 1] + y0 * fb[..., 3]
+        cw, ch = cw * fb[..., 2], ch * fb[..., 3]
         # frame units [0, 1] -> normalised [-1, 1]: centre 2 * (x0 + cw / 2) - 1, half-size cw.
         return torch.stack([2 * x0 + cw - 1, 2 * y0 + ch - 1, cw, ch], dim=-1)
 

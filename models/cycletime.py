@@ -7,6 +7,9 @@ image crop of the last frame -- side `patch_scale` of the frame (80 of 240 px), 
 to `max_rotation` degrees (45), at one of the `motion_windows` (10) windows of a 6 x 6 grid
 where the last two frames differ most, with a small jitter -- and is encoded on its own. Its
 transform theta0 (rotation, fixed scale, translation) is what every cycle must come back to.
+TimeCycle takes that frame predDistance (4) frame gaps after the tracked ones, and the motion
+windows from it and the frame one gap later: `future_gap` (the "paper" preset; 0, the CPU
+preset: the patch frame follows the tracked ones, windows from it and the frame before).
 One tracking step from a patch (features P, a grid of n x n cells) to a frame (features F,
 h x w cells):
   1. A = global_affinity(P, F, 1 / T): for each patch cell, a softmax over the frame's cells,
@@ -83,7 +86,9 @@ class CycleTimeConfig(ModelConfig):
     """arch/stride/width/out_dim: backbone (ResNet-50 res4 at stride 1, 1 x 1 projection to out_dim;
     stride: output stride, 8 (TimeCycle's) or 4 (a "resnet18" trunk only);
     stages: residual stages of a "resnet18" trunk, 2-4; padding: "zeros" or "reflect");
-    clip_length frames, the last holds the initial patch; frame_size: side of the (square)
+    clip_length frames, the last holds the initial patch; future_gap: clip steps skipped
+    between the tracked frames and the patch frame (TimeCycle's predDistance: its patch comes
+    from a frame well after the clip; 0: the patch frame is the next one); frame_size: side of the (square)
     training frames; patch_scale: patch side / frame side (the fixed scale); patch_cells:
     side of the patch grid (the patch image is encoded at stride * patch_cells pixels);
     max_rotation: the initial patch's rotation range (+- degrees); motion_windows: the
@@ -102,6 +107,7 @@ class CycleTimeConfig(ModelConfig):
     stages: int = 4
     padding: str = "zeros"
     clip_length: int = 4
+    future_gap: int = 0
     frame_size: int = 128
     patch_scale: float = 1.0 / 3.0
     patch_cells: int = 8
@@ -119,6 +125,8 @@ class CycleTimeConfig(ModelConfig):
         self._positive("width", "out_dim", "frame_size", "patch_cells", "regressor_channels")
         if self.clip_length < 2:
             raise ValueError(f"CycleTimeConfig.clip_length must be >= 2, got {self.clip_length}")
+        if self.future_gap < 0:
+            raise ValueError(f"CycleTimeConfig.future_gap must be >= 0, got {self.future_gap}")
         if not 0 < self.patch_scale <= 1:
             raise ValueError(f"CycleTimeConfig.patch_scale must be in (0, 1], got {self.patch_scale}")
         if self.stride not in (4, 8):
@@ -164,14 +172,17 @@ class TransformRegressor(nn.Module):
 # "cpu": a narrow ResNet-18 (width 16) on 64 x 64 crops of the native 256p frames (objects at
 # the scale they have when evaluated at 240p), a few hundred steps on 2 cores.
 PRESETS = {
-    # Wang et al. 2019: 4-frame clips of 240 x 240, 80 px patches (10 x 10 cells), Adam 2e-4,
-    # batch 32, ResNet-50 res4.
-    "paper": dict(model_config={"frame_size": 240, "patch_cells": 10}, resize=240, crop=(240, 240), gaps=(2,),
-                  batch_size=32, lr=2e-4, steps=100_000),
+    # Wang et al. 2019: 4 tracked frames of 240 x 240 (frame_gap 2) and the patch from a frame
+    # predDistance 4 gaps after them (vlog_train.py; here the 9th frame of the clip, TimeCycle's
+    # is 1 frame earlier), 80 px patches (10 x 10 cells), Adam 2e-4, batch 32, ResNet-50 res4.
+    "paper": dict(model_config={"frame_size": 240, "patch_cells": 10, "clip_length": 5, "future_gap": 4}, resize=240,
+                  crop=(240, 240), gaps=(2,), batch_size=32, lr=2e-4, steps=100_000),
     # CPU scale (see the module docstring): a narrow one-stage ResNet-18 at stride 4 (32-d, the
     # shipped default's trunk) on 64 x 64 crops, 32 px patches of 8 x 8 cells, the transform read
     # by Procrustes from the affinity at T = 0.05, and the pure cycle loss (inlier off); 1000
-    # cosine steps (the stride-8 two-stage preset before it: below Lab colour at 480p).
+    # cosine steps (the stride-8 two-stage preset before it: below Lab colour at 480p). The patch
+    # comes from the frame right after the tracked ones (future_gap 0): TimeCycle's far patch
+    # frame (future_gap 4) scored lower on 64 px crops (dino 480p 0.591 at 2000 steps, vs 0.606).
     "cpu": dict(model_config={"arch": "resnet18", "stride": 4, "width": 16, "out_dim": 32, "stages": 1,
                               "frame_size": 64, "patch_scale": 0.5, "patch_cells": 8, "transform": "procrustes",
                               "temperature": 0.05, "inlier_weight": 0.0},
@@ -198,7 +209,10 @@ class CycleTime(CorrespondenceModel):
 
     @property
     def clip_length(self) -> int:
-        return self.config.clip_length
+        """Frames per training clip: the tracked frames and the patch frame, plus, with a
+        future gap, the skipped frames and one after the patch frame (the motion partner)."""
+        c = self.config
+        return c.clip_length + (c.future_gap + 1 if c.future_gap else 0)
 
     @property
     def stride(self) -> int:
@@ -299,21 +313,23 @@ class CycleTime(CorrespondenceModel):
         return F.grid_sample(box, where, align_corners=False).mean()
 
     # -- the initial patch ------------------------------------------------------------------
-    def initial_theta(self, clip: torch.Tensor) -> torch.Tensor:
+    def initial_theta(self, clip: torch.Tensor, partner: torch.Tensor | None = None) -> torch.Tensor:
         """clip (B, T, 3, H, W) -> theta0 (B, 2, 3): the initial patch's transform in the last
-        frame -- one of the `motion_windows` windows of a 6 x 6 grid where the last two frames
-        differ most (TimeCycle's choice), jittered by up to 1/12 of the frame, rotated by up to
-        max_rotation degrees, kept inside the frame."""
+        frame -- one of the `motion_windows` windows of a 6 x 6 grid where the last frame and
+        `partner` (B, 3, H, W; default the frame before it) differ most (TimeCycle's choice),
+        jittered by up to 1/12 of the frame, rotated by up to max_rotation degrees, kept inside
+        the frame."""
         cfg = self.config
         b = clip.shape[0]
         dev, dt = clip.device, clip.dtype
+        partner = clip[:, -2] if partner is None else partner
         s = cfg.patch_scale
         margin = 1.0 - s
         locs = torch.linspace(-margin, margin, 6, device=dev, dtype=dt)
         ly, lx = torch.meshgrid(locs, locs, indexing="ij")
         centres = torch.stack([lx.flatten(), ly.flatten()], 1)  # (36, 2) (x, y) normalised
         if cfg.motion_windows > 0:
-            diff = (clip[:, -1] - clip[:, -2]).abs().sum(1, keepdim=True)  # (B, 1, H, W)
+            diff = (clip[:, -1] - partner).abs().sum(1, keepdim=True)  # (B, 1, H, W)
             side = max(1, round(s * clip.shape[-1]))
             score = F.adaptive_avg_pool2d(F.avg_pool2d(diff, side, 1, side // 2, count_include_pad=False), 6)
             top = score.flatten(1).topk(cfg.motion_windows, dim=1).indices  # (B, k)
@@ -336,12 +352,19 @@ class CycleTime(CorrespondenceModel):
     # -- loss -----------------------------------------------------------------------------
     def loss_terms(self, clip):
         cfg = self.config
-        b, t, _, h, w = clip.shape
+        h, w = clip.shape[-2:]
         if h != cfg.frame_size or w != cfg.frame_size:
             raise ValueError(
                 f"cycletime trains on {cfg.frame_size} x {cfg.frame_size} frames (config.frame_size; the "
                 f"transform regressor reads every frame cell), got clip of shape {tuple(clip.shape)}"
             )
+        partner = None
+        if cfg.future_gap:
+            # TimeCycle's clip: the tracked frames, then (after the gap) the patch frame; the
+            # frame after it only says where the motion is.
+            partner = clip[:, -1]
+            clip = torch.cat([clip[:, : cfg.clip_length - 1], clip[:, -2:-1]], 1)
+        b, t = clip.shape[:2]
         raw = self.features(clip.flatten(0, 1))
         raw = raw.view(b, t, *raw.shape[1:])
         norm = F.normalize(raw, dim=2)
@@ -349,7 +372,7 @@ class CycleTime(CorrespondenceModel):
         last = t - 1
 
         # The initial patch: a rotated image crop of the last frame, encoded on its own.
-        theta0 = self.initial_theta(clip)
+        theta0 = self.initial_theta(clip, partner)
         patch0 = self.encode_patch(clip[:, last], theta0)
 
         # Backward chain last -> last-1 -> ... -> 0; step k reaches frame last-k.

@@ -222,6 +222,37 @@ def test_cycletime_initial_patch_rotation_and_motion_windows():
     assert (anywhere[:, 0, 2] > 0.1).any()
 
 
+def test_cycletime_future_gap_takes_the_patch_from_a_frame_after_the_clip():
+    """TimeCycle (vlog_train.py) tracks a patch of a frame predDistance gaps after the clip, and
+    picks its place by the motion between that frame and the next. With future_gap the clip is
+    the tracked frames, the skipped ones, the patch frame and its motion partner."""
+    model = cpu_model("cycletime", future_gap=2)
+    t = model.config.clip_length
+    assert model.clip_length == t + 2 + 1
+    clip = torch.rand(2, model.clip_length, 3, 64, 64)
+
+    def loss(c):
+        torch.manual_seed(0)
+        return model(c)["loss"]
+
+    base = loss(clip)
+    skipped = clip.clone()
+    skipped[:, t - 1 : -2] = torch.rand_like(skipped[:, t - 1 : -2])  # the frames of the gap are not used
+    torch.testing.assert_close(loss(skipped), base)
+    for i in (0, t - 2, -2):  # tracked frames and the patch frame are
+        moved = clip.clone()
+        moved[:, i] = torch.rand_like(moved[:, i])
+        assert not torch.allclose(loss(moved), base)
+    # the last frame only places the patch: where it differs from the patch frame
+    frames = torch.full((64, model.clip_length, 3, 128, 128), 0.5)
+    frames[:, -2, :, 80:120, 8:48] = torch.rand(64, 3, 40, 40)
+    placed = cpu_model("cycletime", future_gap=2, motion_windows=3, patch_scale=1 / 3, frame_size=128)
+    theta = placed.initial_theta(frames[:, :-1], frames[:, -1])
+    assert (theta[:, 0, 2] < -0.1).all() and (theta[:, 1, 2] > 0.1).all()
+    with pytest.raises(ValueError, match="clips of 7 frames"):
+        model(clip[:, :-1])
+
+
 def test_cycletime_procrustes_reads_the_transform_from_the_affinity():
     """The CPU preset's transform is where the affinity's mass is (no free regressor that a
     constant theta can come from): expected positions made by a known transform give it back."""
@@ -317,7 +348,7 @@ def test_corrflow_drops_the_same_channels_in_every_frame_of_a_clip():
 # ------------------------------------------------------------------------------ CRW
 def test_crw_patches_are_grid_windows_jittered_independently():
     torch.manual_seed(0)
-    model = dm.create("crw", width=8, stride=4, stages=2, embed_stages=2, patch_size=16)
+    model = dm.create("crw", width=8, stride=4, stages=2, embed_stages=2, patch_size=16, frame_crop_scale=None)
     h = w = 128
     xs = torch.linspace(0, 1, w).view(1, 1, 1, w).expand(1, 3, h, w)
     ys = torch.linspace(0, 1, h).view(1, 1, h, 1).expand(1, 3, h, w)
@@ -336,6 +367,35 @@ def test_crw_patches_are_grid_windows_jittered_independently():
     assert offs.std() > 1e-3
     again = model.patches(frame)
     assert (again - patches).abs().max() > 1e-3
+
+
+def test_crw_lays_each_frames_grid_on_its_own_random_crop():
+    """videowalk's `--frame-transforms crop`: every frame gets its own RandomResizedCrop (area
+    0.8-0.95, aspect 0.7-1.3) before the patch grid is cut, so the grid's place and scale
+    differ from frame to frame of a clip."""
+    torch.manual_seed(0)
+    model = dm.create("crw", width=8, stride=4, stages=2, embed_stages=2, patch_size=16)
+    h = w = 128
+    xs = torch.linspace(0, 1, w).view(1, 1, 1, w).expand(1, 1, h, w)
+    ys = torch.linspace(0, 1, h).view(1, 1, h, 1).expand(1, 1, h, w)
+    frames = torch.cat([xs, ys, torch.zeros(1, 1, h, w)], 1).expand(6, 3, h, w)
+    patches = model.patches(frames)  # (6, 49, 3, 16, 16)
+    g = 7
+    centres = (torch.arange(g, dtype=torch.float32) + 1) / (g + 1)
+    fits = []
+    for i in range(6):
+        mx = patches[i, :, 0].mean((1, 2)).view(g, g).mean(0)  # column centres, frame units
+        my = patches[i, :, 1].mean((1, 2)).view(g, g).mean(1)
+        for m in (mx, my):  # m = x0 + centres * side: a straight line in the window centres
+            a = torch.stack([torch.ones(g), centres], 1)
+            coef = torch.linalg.lstsq(a, m.unsqueeze(1)).solution.squeeze(1)
+            assert (a @ coef - m).abs().max() < 0.03
+            fits.append(coef)
+    fits = torch.stack(fits).view(6, 2, 2)  # frame, axis, (x0, side)
+    area = fits[:, 0, 1] * fits[:, 1, 1]
+    assert (area > 0.8 - 0.05).all() and (area < 0.95 + 0.05).all(), area
+    assert (fits[:, :, 0] > -0.03).all() and (fits[:, :, 0] + fits[:, :, 1] < 1.03).all()  # inside the frame
+    assert fits[:, 0, 0].std() > 0.01 and fits[:, 0, 1].std() > 0.01  # each frame its own crop
 
 
 def test_crw_walk_loss_rewards_distinct_nodes():
