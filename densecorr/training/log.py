@@ -77,11 +77,16 @@ def plot_log(out: str) -> str | None:
     """Draw OUT/curves.png from OUT/log.jsonl: the loss and its terms against the step, and J&F
     when the run evaluated. Returns the path, or None without matplotlib or logged steps.
     After a resume the re-run steps are logged again; the last row of each step wins."""
-    try:
-        import matplotlib
+    from densecorr.cli.output import signals_deferred
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:
+        # A SIGTERM/Ctrl-C raised inside matplotlib's first import leaves it half-initialised
+        # (AttributeError on the next import, not a clean stop): the signal waits until it is done.
+        with signals_deferred():
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
     except ImportError:
         return None
     rows: dict[tuple[str, int], dict] = {}
