@@ -6,6 +6,8 @@ the benchmarks.
     ...work...
     peak_rss_mb()           # MiB, VmHWM since the reset (process-wide peak where resets are refused)
     machine_info("cpu")     # cpu, cores, threads, RAM, platform, versions, GPU if any
+
+and `signals_deferred()`, a block in which SIGINT/SIGTERM wait (process-level, like the rest).
 """
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ import contextlib
 import os
 import platform
 import resource
+import signal
 import sys
 import time
+from typing import Iterator
 
 
 def proc_status_bytes(field: str) -> int:
@@ -110,4 +114,21 @@ def densecorr_info() -> dict:
     return info
 
 
-__all__ = ["proc_status_bytes", "reset_peak_rss", "peak_rss_mb", "cpu_model", "machine_info", "densecorr_info"]
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Block SIGINT and SIGTERM (their handlers run right after), so that a few steps that
+    belong together (renames of an output, a first import) are not cut in the middle by Ctrl-C
+    or a polite kill. Used by densecorr.cli.output and densecorr.training.log."""
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    except (AttributeError, OSError, ValueError):  # no pthread_sigmask (Windows)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+__all__ = ["proc_status_bytes", "reset_peak_rss", "peak_rss_mb", "cpu_model", "machine_info", "densecorr_info", "signals_deferred"]

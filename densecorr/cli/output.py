@@ -26,31 +26,15 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import tempfile
 from typing import Iterable, Iterator
 
 from densecorr.data.io import DataError
+from densecorr.system import signals_deferred
 
 MARKER = ".densecorr-output"
 PARTIAL_MARKER = ".densecorr-partial"
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-[0-9a-f]{8}$")
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Block SIGINT and SIGTERM (their handlers run right after), so that a few renames that
-    belong together are not cut in the middle by Ctrl-C or a polite kill."""
-    sigs = {signal.SIGINT, signal.SIGTERM}
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    except (AttributeError, OSError, ValueError):  # no pthread_sigmask (Windows)
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _exchange(a: str, b: str) -> bool:

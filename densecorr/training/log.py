@@ -77,7 +77,7 @@ def plot_log(out: str) -> str | None:
     """Draw OUT/curves.png from OUT/log.jsonl: the loss and its terms against the step, and J&F
     when the run evaluated. Returns the path, or None without matplotlib or logged steps.
     After a resume the re-run steps are logged again; the last row of each step wins."""
-    from densecorr.cli.output import signals_deferred
+    from densecorr.system import signals_deferred
 
     try:
         # A SIGTERM/Ctrl-C raised inside matplotlib's first import leaves it half-initialised
