@@ -182,9 +182,11 @@ def test_uvc_warm_up_matches_the_same_crop_then_localises():
 def test_cycletime_initial_patch_carries_no_position_code():
     """On a blank clip (one grey everywhere), the initial patch's features cannot depend on where
     it was cut: it is an image crop encoded on its own. (Cut from the frame's zero-padded feature
-    map, as before, it carried the code of its place, which "stay in place" exploited.)"""
+    map, as before, it carried the code of its place, which "stay in place" exploited.) Checked
+    with zero padding, where the frame's features do code position; the CPU preset's reflect
+    padding codes none on a blank frame."""
     torch.manual_seed(0)
-    model = cpu_model("cycletime").eval()
+    model = cpu_model("cycletime", padding="zeros").eval()
     frame = torch.full((1, 3, 64, 64), 0.5)
     thetas = [model.theta(torch.tensor([[tx, ty, a]])) for tx, ty, a in ((-0.6, -0.6, 0.0), (0.5, 0.1, 0.7))]
     p0, p1 = (model.encode_patch(frame, t) for t in thetas)
