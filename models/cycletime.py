@@ -59,7 +59,7 @@ match is known; top-1 cell-match accuracy of `embed`, 100 steps of 4 clips):
     0.578, step 1000 0.602; Lab 0.562). At 480p under dino that width-16 trunk scored 0.606,
     level with its init (0.611) and below Lab (0.624);
   - width 32 (a 1 x 1 projection to the same 32-d) and reflect padding, 3000 steps: dino 480p
-    0.659 against its init's 0.574 (the same recipe from seed 1: see docs/methods.md). Reflect
+    0.659 against its init's 0.574 (the same recipe from seed 1: 0.681 against 0.530). Reflect
     padding because the patch is an image crop encoded on its own: with zero padding its border
     cells carry a border code that the frame's features at that place do not (CRW's reason for
     reflect padding). The width-16 trunk's random inits vary a lot between seeds (0.569 and
