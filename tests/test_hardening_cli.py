@@ -223,7 +223,8 @@ def test_sigkill_during_eval_davis_leaves_old_or_new_state(tmp_path):
 def test_signal_during_track_exits_cleanly(tmp_path, sig, status):
     """SIGTERM is handled like Ctrl-C: one line, exit 143, no output left looking complete.
     Old code: SIGTERM killed the process (status -15) and left its staging folder."""
-    masks = make_frames(tmp_path / "frames", n=120, h=96, w=128)
+    # Enough frames that the run is still going when the signal comes (lab tracks 96 x 128 fast).
+    masks = make_frames(tmp_path / "frames", n=400, h=96, w=128)
     write_mask(str(tmp_path / "first.png"), masks[0])
     out = tmp_path / "out"
     proc = _spawn(["track", tmp_path / "frames", "--mask", tmp_path / "first.png", "--out", out, "--model", "lab", "--protocol", "crw", "--quiet"])
