@@ -156,6 +156,21 @@ def test_presets_live_beside_each_model():
         preset("nosuchmodel")
 
 
+def test_exponent_without_a_dot_is_a_number_in_set_values_and_yaml_configs(tmp_path):
+    # PyYAML (YAML 1.1) reads "3e-4" as the string '3e-4', so `--set lr=3e-4` and `lr: 3e-4` in a
+    # config file failed with "TrainConfig.lr must be a finite number > 0, got '3e-4'".
+    assert training.parse_value("3e-4") == 3e-4 and isinstance(training.parse_value("3e-4"), float)
+    assert training.parse_value("-2E+3") == -2000.0 and training.parse_value("1e5") == 1e5
+    assert training.parse_value("5.0e-4") == 5e-4 and training.parse_value("12") == 12
+    assert training.parse_value("1e") == "1e" and training.parse_value("e5") == "e5"
+    assert training.parse_value("[3e-4, 1]") == [3e-4, 1]
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 3e-4\nmodel_config: {temperature: 7e-2}\n")
+    values = training.read_config_file(str(path))
+    assert values == {"lr": 3e-4, "model_config": {"temperature": 0.07}}
+    assert TrainConfig.from_dict({**values, "model": "crw"}).lr == 3e-4
+
+
 # --------------------------------------------------------------------------- training, checkpoints, eval
 
 

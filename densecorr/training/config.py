@@ -11,6 +11,7 @@ import json
 import math
 import numbers
 import os
+import re
 import sys
 from typing import Any, Sequence
 
@@ -189,6 +190,21 @@ def preset(model: str, name: str = "cpu", **overrides) -> TrainConfig:
 # --------------------------------------------------------------------------- building a config from plain values
 
 
+_FLOAT_WITHOUT_DOT = re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$")
+
+
+def _yaml_load(text: str):
+    """yaml.safe_load, except that an exponent without a dot (3e-4, 1E5) is a float, as in YAML
+    1.2 and Python: PyYAML follows YAML 1.1 and would hand `lr: 3e-4` on as the string '3e-4'."""
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_WITHOUT_DOT, list("-+0123456789"))
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_value(text: str):
     """A FIELD=VALUE value: YAML (so 5e-4, [128, 128], null, true), else JSON, else the text."""
     try:
@@ -199,7 +215,7 @@ def parse_value(text: str):
         except json.JSONDecodeError:
             return text
     try:
-        return yaml.safe_load(text)
+        return _yaml_load(text)
     except yaml.YAMLError:
         return text
 
@@ -218,7 +234,7 @@ def read_config_file(path: str) -> dict:
         import yaml
 
         try:
-            values = yaml.safe_load(text)
+            values = _yaml_load(text)
         except yaml.YAMLError as exc:
             where = getattr(exc, "problem_mark", None)
             at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
