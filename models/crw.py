@@ -10,12 +10,15 @@ through the clip and back (a palindrome) should return to the node it started fr
   resampled to `patch_size` px: the patches of one frame are augmented independently, so a
   node's position in its patch cannot tell which node it is.
 - Embedding: the ResNet-18 trunk with reflect padding (zero padding lets features code their
-  absolute position), its map mean-pooled per patch, an MLP head (`head_depth` hidden layers;
-  0: linear) to `embed_dim` = 128 dimensions, L2-normalised.
+  absolute position), its map mean-pooled per patch, a head (`head_depth` hidden layers; 0, as
+  videowalk's train.py default that its training command keeps: one linear map) to
+  `embed_dim` = 128 dimensions, L2-normalised.
 - Transitions: A_t = softmax over frame t+1's nodes of q_t . q_{t+1} / T (T = temperature), and
   the backward A_t' = softmax over frame t's nodes of the transposed logits, both through
   `global_affinity`; edge dropout sets each transition to 0 with probability `edge_dropout`
-  and renormalises the row (= the softmax with those logits at -inf, as videowalk's code).
+  and renormalises the row (= the softmax with those logits at -inf, as videowalk's code),
+  and a backward edge whose forward edge was dropped is dropped too (videowalk drops edges in
+  place in the one affinity both directions read).
 - Loss: for every palindrome 0 -> 1 -> ... -> k -> ... -> 1 -> 0, k = 2 .. T - 1 (videowalk's
   walks, which skip the trivial 2-step one), the cross-entropy of the walk's end-node
   distribution (the product of the transition matrices) against the start node (identity
@@ -73,7 +76,7 @@ class CRWConfig(ModelConfig):
     jitter_scale: tuple = (0.7, 0.9)
     frame_crop_scale: tuple | None = (0.8, 0.95)
     frame_crop_ratio: tuple = (0.7, 1.3)
-    head_depth: int = 1
+    head_depth: int = 0
     embed_dim: int = 128
     temperature: float = 0.05
     edge_dropout: float = 0.1
@@ -229,21 +232,35 @@ class CRW(CorrespondenceModel):
         return F.normalize(feats, dim=-1).view(b, t, n, -1)
 
     # -- walks ----------------------------------------------------------------------------
-    def transition(self, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-        """src (B, N, D), dst (B, M, D) -> row-stochastic (B, N, M) with edge dropout in training."""
+    def transition(self, src: torch.Tensor, dst: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """src (B, N, D), dst (B, M, D) -> row-stochastic (B, N, M); `keep` (B, N, M, 0/1): the
+        edges that survive edge dropout (None: all), the kept transitions renormalised per row."""
         a = self.ops.global_affinity(src, dst, scale=1.0 / self.config.temperature)
-        p = self.config.edge_dropout
-        if self.training and p > 0:
-            keep = (torch.rand_like(a) >= p).to(a.dtype)
+        if keep is not None:
             a = a * keep
             a = a / a.sum(-1, keepdim=True).clamp_min(_EPS)
         return a
 
+    def edge_masks(self, b: int, n: int, like: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Edge-dropout masks (B, N, N) of one step's forward and backward transitions (None, None
+        when not training or no dropout). As videowalk's code, which drops edges in place in the
+        affinity that both directions are read from, a backward edge j -> i is also dropped when
+        the forward edge i -> j was, besides its own draw."""
+        p = self.config.edge_dropout
+        if not self.training or p <= 0:
+            return None, None
+        fwd = (torch.rand(b, n, n, device=like.device) >= p).to(like.dtype)
+        bwd = (torch.rand(b, n, n, device=like.device) >= p).to(like.dtype) * fwd.transpose(1, 2)
+        return fwd, bwd
+
     def walk_losses(self, q: torch.Tensor) -> list[torch.Tensor]:
         """q (B, T, N, D) -> the cross-entropy of each palindrome 0..k..0, k = 2 .. T - 1."""
         b, t, n, _ = q.shape
-        forward = [self.transition(q[:, i], q[:, i + 1]) for i in range(t - 1)]
-        backward = [self.transition(q[:, i + 1], q[:, i]) for i in range(t - 1)]
+        forward, backward = [], []
+        for i in range(t - 1):
+            keep_f, keep_b = self.edge_masks(b, n, q)
+            forward.append(self.transition(q[:, i], q[:, i + 1], keep_f))
+            backward.append(self.transition(q[:, i + 1], q[:, i], keep_b))
         target = torch.arange(n, device=q.device).repeat(b)
         losses = []
         for k in range(2, t):

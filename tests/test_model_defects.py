@@ -416,11 +416,22 @@ def test_crw_edge_dropout_and_transitions():
     model = dm.create("crw", width=8, stride=4, stages=2, embed_stages=2, patch_size=8, edge_dropout=0.3)
     q = F.normalize(torch.randn(2, 49, 16), dim=-1)
     model.train()
-    a = model.transition(q, q)
+    keep_f, keep_b = model.edge_masks(2, 49, q)
+    a = model.transition(q, q, keep_f)
     torch.testing.assert_close(a.sum(-1), torch.ones(2, 49))
     assert 0.2 < (a == 0).float().mean() < 0.4
+    # videowalk's backward edge j -> i is gone when the forward edge i -> j was dropped, and
+    # draws its own dropout besides: 1 - 0.7^2 = 0.51 of the backward edges are dropped.
+    assert ((keep_f.transpose(1, 2) == 0) <= (keep_b == 0)).all()
+    assert 0.45 < (model.transition(q, q, keep_b) == 0).float().mean() < 0.57
     model.eval()
+    assert model.edge_masks(2, 49, q) == (None, None)
     assert (model.transition(q, q) > 0).all()
+
+
+def test_crw_head_is_linear_as_videowalks_training_default():
+    head = dm.create("crw", width=8).head
+    assert [type(m) for m in head] == [torch.nn.Linear]  # train.py --head-depth 0: one linear map
 
 
 def test_crw_trunk_is_reflect_padded_and_embed_drops_the_last_stage():
