@@ -167,41 +167,44 @@ class CRW(CorrespondenceModel):
         return {"walk": 1.0}
 
     # -- nodes ----------------------------------------------------------------------------
+    @staticmethod
+    def random_crops(shape, side: float, scale: tuple, log_ratio: tuple, device, dtype) -> tuple:
+        """RandomResizedCrop's boxes inside windows of side `side` (frame units): area fraction
+        uniform in `scale`, aspect log-uniform in mid +- half (`log_ratio`), each side clamped to
+        the window, placed uniformly in it. Returns (x0, y0, w, h), each of `shape`, x0 and y0
+        from the window's corner."""
+        (lo, hi), (mid, half) = scale, log_ratio
+        area = lo + (hi - lo) * torch.rand(shape, device=device, dtype=dtype)
+        ratio = torch.exp((torch.rand(shape, device=device, dtype=dtype) * 2 - 1) * half + mid)
+        w = (torch.sqrt(area * ratio) * side).clamp(max=side)
+        h = (torch.sqrt(area / ratio) * side).clamp(max=side)
+        x0 = torch.rand(shape, device=device, dtype=dtype) * (side - w)
+        y0 = torch.rand(shape, device=device, dtype=dtype) * (side - h)
+        return x0, y0, w, h
+
     def frame_boxes(self, n: int, device, dtype) -> torch.Tensor:
         """Each frame's own random resized crop (videowalk's RandomResizedCrop per frame, area
         `frame_crop_scale`, aspect `frame_crop_ratio`): (n, 4) as (x0, y0, w, h) in frame units."""
         c = self.config
         if c.frame_crop_scale is None:
             return torch.tensor([0.0, 0.0, 1.0, 1.0], device=device, dtype=dtype).expand(n, 4)
-        lo, hi = c.frame_crop_scale
-        area = lo + (hi - lo) * torch.rand(n, device=device, dtype=dtype)
         lr0, lr1 = math.log(c.frame_crop_ratio[0]), math.log(c.frame_crop_ratio[1])
-        ratio = torch.exp(lr0 + (lr1 - lr0) * torch.rand(n, device=device, dtype=dtype))
-        fw = torch.sqrt(area * ratio).clamp(max=1.0)
-        fh = torch.sqrt(area / ratio).clamp(max=1.0)
-        x0 = torch.rand(n, device=device, dtype=dtype) * (1 - fw)
-        y0 = torch.rand(n, device=device, dtype=dtype) * (1 - fh)
-        return torch.stack([x0, y0, fw, fh], dim=-1)
+        return torch.stack(self.random_crops(n, 1.0, c.frame_crop_scale, ((lr0 + lr1) / 2, (lr1 - lr0) / 2),
+                                             device, dtype), dim=-1)
 
     def patch_boxes(self, n: int, h: int, w: int, device, dtype) -> torch.Tensor:
         """Random jittered crops of the grid windows of n frames: (n, g*g, 4) as (cx, cy, sx, sy)
         in grid_sample's normalised coordinates (centre and half-size, [-1, 1] = the frame).
         The grid is laid on each frame's own random crop (`frame_boxes`)."""
-        c = self.config
-        g = c.grid
-        lo, hi = c.jitter_scale
+        g = self.config.grid
         # The windows: side 2 / (g + 1) of the frame, stride half of it (videowalk's patch grid).
         side = 2.0 / (g + 1)  # in units of the frame side
         starts = torch.arange(g, device=device, dtype=dtype) * side / 2
         wy, wx = torch.meshgrid(starts, starts, indexing="ij")
-        wx, wy = wx.flatten(), wy.flatten()  # (g*g,) top-left corners, frame units in [0, 1]
-        area = lo + (hi - lo) * torch.rand(n, g * g, device=device, dtype=dtype)
-        log_ratio = (torch.rand(n, g * g, device=device, dtype=dtype) * 2 - 1) * math.log(4.0 / 3.0)
-        ratio = torch.exp(log_ratio)
-        cw = (torch.sqrt(area * ratio) * side).clamp(max=side)
-        ch = (torch.sqrt(area / ratio) * side).clamp(max=side)
-        x0 = wx + torch.rand(n, g * g, device=device, dtype=dtype) * (side - cw)
-        y0 = wy + torch.rand(n, g * g, device=device, dtype=dtype) * (side - ch)
+        # Each window's jitter: RandomResizedCrop's default aspect range 3/4 - 4/3.
+        x0, y0, cw, ch = self.random_crops((n, g * g), side, self.config.jitter_scale, (0.0, math.log(4.0 / 3.0)),
+                                           device, dtype)
+        x0, y0 = wx.flatten() + x0, wy.flatten() + y0  # top-left corners, frame units in [0, 1]
         # crop units -> frame units
         fb = self.frame_boxes(n, device, dtype).unsqueeze(1)  # (n, 1, 4)
         x0, y0 = fb[..., 0] + x0 * fb[..., 2], fb[..., 1] + y0 * fb[..., 3]
