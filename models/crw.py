@@ -55,6 +55,9 @@ _EPS = 1e-20
 class CRWConfig(ModelConfig):
     """arch/stride/width/stages: the trunk (ResNet-18; `stages` residual stages trained);
     padding: the convolutions' padding ("reflect" as videowalk's scratch model, or "zeros");
+    nodes: "patches" (the paper's: a grid of jittered patches, each pooled to one node) or
+    "cells" (videowalk's code without `--frame-aug grid`: every cell of each frame's feature
+    map is a node, the frames each cut by their own random resized crop, `frame_crop_scale`);
     embed_stages: the stages `embed` uses (videowalk evaluates without layer4: 3);
     clip_length frames; grid: nodes per side; patch_size: patch side in pixels after the
     jitter (a multiple of the stride); jitter_scale: (min, max) area fraction of each patch's
@@ -69,6 +72,7 @@ class CRWConfig(ModelConfig):
     width: int = 64
     stages: int = 4
     padding: str = "reflect"
+    nodes: str = "patches"
     embed_stages: int = 3
     clip_length: int = 4
     grid: int = 7
@@ -89,6 +93,11 @@ class CRWConfig(ModelConfig):
             raise ValueError(f"CRWConfig.embed_stages must be in [1, stages={self.stages}], got {self.embed_stages}")
         if self.patch_size % self.stride:
             raise ValueError(f"CRWConfig.patch_size must be a multiple of the stride {self.stride}, got {self.patch_size}")
+        if self.nodes not in ("patches", "cells"):
+            raise ValueError(f"CRWConfig.nodes must be 'patches' or 'cells', got {self.nodes!r}")
+        if self.nodes == "cells" and self.frame_crop_scale is None:
+            raise ValueError("CRWConfig.nodes='cells' needs frame_crop_scale (each frame's own crop): "
+                             "with one crop for the whole clip a cell's place in the map would identify its node")
         if self.head_depth < 0:
             raise ValueError(f"CRWConfig.head_depth must be >= 0, got {self.head_depth}")
         if not 0.0 <= self.edge_dropout < 1.0:
@@ -225,10 +234,27 @@ class CRW(CorrespondenceModel):
                             align_corners=False)  # (n, 3, g*g*P, P)
         return out.view(n, 3, g * g, p, p).transpose(1, 2)
 
+    def frames_cropped(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (n, 3, H, W) -> each resampled from its own random crop (`frame_boxes`) to (H, W)."""
+        n, _, h, w = frames.shape
+        fb = self.frame_boxes(n, frames.device, frames.dtype)  # (n, 4): x0, y0, w, h in frame units
+        lx = (torch.arange(w, device=frames.device, dtype=frames.dtype) + 0.5) / w  # cell centres in [0, 1]
+        ly = (torch.arange(h, device=frames.device, dtype=frames.dtype) + 0.5) / h
+        gx = (fb[:, 0, None] + fb[:, 2, None] * lx) * 2 - 1  # (n, W) normalised
+        gy = (fb[:, 1, None] + fb[:, 3, None] * ly) * 2 - 1  # (n, H)
+        grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # (n, H, W, 2)
+        return F.grid_sample(frames, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
     def nodes(self, clip: torch.Tensor) -> torch.Tensor:
-        """clip (B, T, 3, H, W) -> L2-normalised node embeddings (B, T, g*g, embed_dim)."""
+        """clip (B, T, 3, H, W) -> L2-normalised node embeddings (B, T, N, embed_dim): N = g*g
+        patches, or (H / stride) * (W / stride) cells (`nodes`)."""
         b, t = clip.shape[:2]
-        patches = self.patches(normalise_rgb(clip.flatten(0, 1)))  # (B*T, N, 3, P, P)
+        frames = normalise_rgb(clip.flatten(0, 1))
+        if self.config.nodes == "cells":
+            maps = self.backbone.trunk(self.frames_cropped(frames))  # (B*T, C, h, w)
+            feats = self.head(maps.flatten(2).transpose(1, 2))  # (B*T, h*w, D)
+            return F.normalize(feats, dim=-1).view(b, t, feats.shape[1], -1)
+        patches = self.patches(frames)  # (B*T, N, 3, P, P)
         n = patches.shape[1]
         maps = self.backbone.trunk(patches.flatten(0, 1))  # (B*T*N, C, p, p)
         feats = self.head(maps.mean(dim=(2, 3)))
