@@ -223,32 +223,40 @@ class CRW(CorrespondenceModel):
         fb = self.frame_boxes(n, device, dtype).unsqueeze(1)  # (n, 1, 4)
         x0, y0 = fb[..., 0] + x0 * fb[..., 2], fb[..., 1] + y0 * fb[..., 3]
         cw, ch = cw * fb[..., 2], ch * fb[..., 3]
-        # frame units [0, 1] -> normalised [-1, 1]: centre 2 * (x0 + cw / 2) - 1, half-size cw.
-        return torch.stack([2 * x0 + cw - 1, 2 * y0 + ch - 1, cw, ch], dim=-1)
+        return self.normalised_boxes(x0, y0, cw, ch)
+
+    @staticmethod
+    def normalised_boxes(x0, y0, w, h) -> torch.Tensor:
+        """Boxes in frame units [0, 1] (corner, size) -> (..., 4) as grid_sample's normalised
+        [-1, 1] (cx, cy, sx, sy): centre 2 * (x0 + w / 2) - 1, half-size w."""
+        return torch.stack([2 * x0 + w - 1, 2 * y0 + h - 1, w, h], dim=-1)
+
+    @staticmethod
+    def resample(frames: torch.Tensor, boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """frames (n, 3, H, W), boxes (n, k, 4) as `normalised_boxes` -> each box resampled
+        bilinearly to (h, w): (n, k, 3, h, w)."""
+        n, k = boxes.shape[:2]
+        lin_x = (torch.arange(w, device=frames.device, dtype=frames.dtype) * 2 + 1) / w - 1  # (w,) in (-1, 1)
+        lin_y = (torch.arange(h, device=frames.device, dtype=frames.dtype) * 2 + 1) / h - 1
+        gx = boxes[..., 0, None, None] + boxes[..., 2, None, None] * lin_x.view(1, 1, 1, w)  # (n, k, 1, w)
+        gy = boxes[..., 1, None, None] + boxes[..., 3, None, None] * lin_y.view(1, 1, h, 1)  # (n, k, h, 1)
+        grid = torch.stack(torch.broadcast_tensors(gx, gy), dim=-1)  # (n, k, h, w, 2)
+        out = F.grid_sample(frames, grid.reshape(n, k * h, w, 2), mode="bilinear", padding_mode="border",
+                            align_corners=False)  # (n, 3, k*h, w)
+        return out.view(n, 3, k, h, w).transpose(1, 2)
 
     def patches(self, frames: torch.Tensor) -> torch.Tensor:
         """frames (n, 3, H, W) -> independently jittered patches (n, g*g, 3, P, P), P = patch_size."""
         n, _, h, w = frames.shape
-        g, p = self.config.grid, self.config.patch_size
-        boxes = self.patch_boxes(n, h, w, frames.device, frames.dtype)  # (n, g*g, 4)
-        lin = (torch.arange(p, device=frames.device, dtype=frames.dtype) * 2 + 1) / p - 1  # (P,) in (-1, 1)
-        gx = boxes[..., 0, None, None] + boxes[..., 2, None, None] * lin.view(1, 1, 1, p)  # (n, g*g, 1, P)
-        gy = boxes[..., 1, None, None] + boxes[..., 3, None, None] * lin.view(1, 1, p, 1)  # (n, g*g, P, 1)
-        grid = torch.stack(torch.broadcast_tensors(gx, gy), dim=-1)  # (n, g*g, P, P, 2)
-        out = F.grid_sample(frames, grid.reshape(n, g * g * p, p, 2), mode="bilinear", padding_mode="border",
-                            align_corners=False)  # (n, 3, g*g*P, P)
-        return out.view(n, 3, g * g, p, p).transpose(1, 2)
+        p = self.config.patch_size
+        return self.resample(frames, self.patch_boxes(n, h, w, frames.device, frames.dtype), p, p)
 
     def frames_cropped(self, frames: torch.Tensor) -> torch.Tensor:
         """frames (n, 3, H, W) -> each resampled from its own random crop (`frame_boxes`) to (H, W)."""
         n, _, h, w = frames.shape
         fb = self.frame_boxes(n, frames.device, frames.dtype)  # (n, 4): x0, y0, w, h in frame units
-        lx = (torch.arange(w, device=frames.device, dtype=frames.dtype) + 0.5) / w  # cell centres in [0, 1]
-        ly = (torch.arange(h, device=frames.device, dtype=frames.dtype) + 0.5) / h
-        gx = (fb[:, 0, None] + fb[:, 2, None] * lx) * 2 - 1  # (n, W) normalised
-        gy = (fb[:, 1, None] + fb[:, 3, None] * ly) * 2 - 1  # (n, H)
-        grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # (n, H, W, 2)
-        return F.grid_sample(frames, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        boxes = self.normalised_boxes(*fb.unbind(-1)).unsqueeze(1)  # (n, 1, 4)
+        return self.resample(frames, boxes, h, w).squeeze(1)
 
     def nodes(self, clip: torch.Tensor) -> torch.Tensor:
         """clip (B, T, 3, H, W) -> L2-normalised node embeddings (B, T, N, embed_dim): N = g*g
