@@ -64,7 +64,11 @@ class CRWConfig(ModelConfig):
     random crop of its window; frame_crop_scale / frame_crop_ratio: each frame's own random
     resized crop (area fraction, aspect range) that the patch grid is laid on (videowalk's
     `--frame-transforms crop`; None: the whole frame); head_depth: hidden layers of the MLP head (0: linear);
-    embed_dim: node embedding size; temperature of the transitions; edge_dropout: probability
+    context: pixels of real surroundings resampled on each side of every patch (at the patch's
+    scale; a multiple of the stride) so that its cells are computed from image content as at
+    test time rather than from the padding (0: videowalk's bare patches); node_cells: the node
+    is the mean of the central node_cells x node_cells cells of its patch (None: all the
+    patch's cells, videowalk's mean pool); embed_dim: node embedding size; temperature of the transitions; edge_dropout: probability
     that a transition is dropped."""
 
     arch: str = "resnet18"
@@ -78,6 +82,8 @@ class CRWConfig(ModelConfig):
     grid: int = 7
     patch_size: int = 64
     jitter_scale: tuple = (0.7, 0.9)
+    context: int = 0
+    node_cells: int | None = None
     frame_crop_scale: tuple | None = (0.8, 0.95)
     frame_crop_ratio: tuple = (0.7, 1.3)
     head_depth: int = 0
@@ -93,6 +99,11 @@ class CRWConfig(ModelConfig):
             raise ValueError(f"CRWConfig.embed_stages must be in [1, stages={self.stages}], got {self.embed_stages}")
         if self.patch_size % self.stride:
             raise ValueError(f"CRWConfig.patch_size must be a multiple of the stride {self.stride}, got {self.patch_size}")
+        if self.context < 0 or self.context % self.stride:
+            raise ValueError(f"CRWConfig.context must be a multiple of the stride {self.stride} >= 0, got {self.context}")
+        if self.node_cells is not None and not 1 <= self.node_cells <= self.patch_size // self.stride:
+            raise ValueError(f"CRWConfig.node_cells must be None or in [1, patch_size / stride = "
+                             f"{self.patch_size // self.stride}], got {self.node_cells}")
         if self.nodes not in ("patches", "cells"):
             raise ValueError(f"CRWConfig.nodes must be 'patches' or 'cells', got {self.nodes!r}")
         if self.nodes == "cells" and self.frame_crop_scale is None:
@@ -246,10 +257,22 @@ class CRW(CorrespondenceModel):
         return out.view(n, 3, k, h, w).transpose(1, 2)
 
     def patches(self, frames: torch.Tensor) -> torch.Tensor:
-        """frames (n, 3, H, W) -> independently jittered patches (n, g*g, 3, P, P), P = patch_size."""
+        """frames (n, 3, H, W) -> independently jittered patches (n, g*g, 3, P, P), P = patch_size
+        + 2 * context: each box widened by `context` px of its own scale on every side."""
         n, _, h, w = frames.shape
-        p = self.config.patch_size
-        return self.resample(frames, self.patch_boxes(n, h, w, frames.device, frames.dtype), p, p)
+        p, c = self.config.patch_size, self.config.context
+        boxes = self.patch_boxes(n, h, w, frames.device, frames.dtype)
+        if c:
+            boxes = torch.cat([boxes[..., :2], boxes[..., 2:] * ((p + 2 * c) / p)], dim=-1)
+        return self.resample(frames, boxes, p + 2 * c, p + 2 * c)
+
+    def pool_nodes(self, maps: torch.Tensor) -> torch.Tensor:
+        """Patch feature maps (n, C, P' / s, P' / s) -> node features (n, C): the mean over the
+        patch's own cells (inside its context) or over the central `node_cells` of them."""
+        c = self.config
+        k = c.patch_size // c.stride if c.node_cells is None else c.node_cells
+        lo = (maps.shape[-1] - k) // 2
+        return maps[..., lo:lo + k, lo:lo + k].mean(dim=(2, 3))
 
     def frames_cropped(self, frames: torch.Tensor) -> torch.Tensor:
         """frames (n, 3, H, W) -> each resampled from its own random crop (`frame_boxes`) to (H, W)."""
@@ -270,7 +293,7 @@ class CRW(CorrespondenceModel):
         patches = self.patches(frames)  # (B*T, N, 3, P, P)
         n = patches.shape[1]
         maps = self.backbone.trunk(patches.flatten(0, 1))  # (B*T*N, C, p, p)
-        feats = self.head(maps.mean(dim=(2, 3)))
+        feats = self.head(self.pool_nodes(maps))
         return F.normalize(feats, dim=-1).view(b, t, n, -1)
 
     # -- walks ----------------------------------------------------------------------------

@@ -459,3 +459,28 @@ def test_crw_cell_nodes_are_every_cell_of_each_frames_own_crop():
         dm.create("crw", nodes="cells", frame_crop_scale=None)
     with pytest.raises(ValueError, match="nodes"):
         dm.create("crw", nodes="pixels")
+
+
+def test_crw_patch_context_surrounds_the_same_patch_and_nodes_pool_its_own_cells():
+    """`context` widens every jittered box by that many pixels of its own scale: the centre of a
+    context patch is the bare patch, pixel for pixel; a node pools only its patch's cells (or
+    the central `node_cells` of them), never the context's."""
+    kw = dict(width=8, stride=4, stages=1, embed_stages=1, patch_size=16, frame_crop_scale=None)
+    frames = torch.rand(2, 3, 64, 64)
+    torch.manual_seed(3)
+    bare = dm.create("crw", **kw).patches(frames)
+    torch.manual_seed(3)
+    wide = dm.create("crw", context=8, **kw).patches(frames)
+    assert bare.shape == (2, 49, 3, 16, 16) and wide.shape == (2, 49, 3, 32, 32)
+    torch.testing.assert_close(wide[..., 8:24, 8:24], bare)
+    assert (wide[..., :8, :] - wide[..., 8:16, :]).abs().max() > 1e-3  # real surroundings, not padding
+    maps = torch.zeros(5, 2, 8, 8)
+    maps[..., 2:6, 2:6] = 1.0  # the patch's own 4 x 4 cells inside 2 cells of context
+    maps[..., 3:5, 3:5] = 3.0
+    torch.testing.assert_close(dm.create("crw", context=8, **kw).pool_nodes(maps), torch.full((5, 2), 1.5))
+    torch.testing.assert_close(dm.create("crw", context=8, node_cells=2, **kw).pool_nodes(maps), torch.full((5, 2), 3.0))
+    assert dm.create("crw", context=8, **kw).nodes(torch.rand(1, 3, 3, 64, 64)).shape == (1, 3, 49, 128)
+    with pytest.raises(ValueError, match="context"):
+        dm.create("crw", **{**kw, "context": 6})
+    with pytest.raises(ValueError, match="node_cells"):
+        dm.create("crw", **{**kw, "node_cells": 5})
