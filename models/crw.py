@@ -68,8 +68,8 @@ class CRWConfig(ModelConfig):
     scale; a multiple of the stride) so that its cells are computed from image content as at
     test time rather than from the padding (0: videowalk's bare patches); node_cells: the node
     is the mean of the central node_cells x node_cells cells of its patch (None: all the
-    patch's cells, videowalk's mean pool); embed_dim: node embedding size; temperature of the transitions; edge_dropout: probability
-    that a transition is dropped."""
+    patch's cells, videowalk's mean pool); embed_dim: node embedding size; temperature of the
+    transitions; edge_dropout: probability that a transition is dropped."""
 
     arch: str = "resnet18"
     stride: int = 8
