@@ -69,10 +69,7 @@ class CRWConfig(ModelConfig):
     test time rather than from the padding (0: videowalk's bare patches); node_cells: the node
     is the mean of the central node_cells x node_cells cells of its patch (None: all the
     patch's cells, videowalk's mean pool); embed_dim: node embedding size; temperature of the
-    transitions; edge_dropout: probability that a transition is dropped; out_dim: a 1 x 1
-    projection of the last stage to out_dim channels, the map that nodes pool and `embed`
-    returns (the other methods' CPU presets end their trunks so; None: videowalk's bare trunk;
-    needs embed_stages == stages)."""
+    transitions; edge_dropout: probability that a transition is dropped."""
 
     arch: str = "resnet18"
     stride: int = 8
@@ -93,7 +90,6 @@ class CRWConfig(ModelConfig):
     embed_dim: int = 128
     temperature: float = 0.05
     edge_dropout: float = 0.1
-    out_dim: int | None = None
 
     def validate(self):
         self._positive("width", "grid", "patch_size", "embed_dim", "temperature")
@@ -113,10 +109,6 @@ class CRWConfig(ModelConfig):
         if self.nodes == "cells" and self.frame_crop_scale is None:
             raise ValueError("CRWConfig.nodes='cells' needs frame_crop_scale (each frame's own crop): "
                              "with one crop for the whole clip a cell's place in the map would identify its node")
-        if self.out_dim is not None and (self.out_dim < 1 or self.embed_stages != self.stages):
-            raise ValueError(f"CRWConfig.out_dim must be None or >= 1, and needs embed_stages == stages "
-                             f"(the projection follows the last stage), got out_dim={self.out_dim}, "
-                             f"embed_stages={self.embed_stages}, stages={self.stages}")
         if self.head_depth < 0:
             raise ValueError(f"CRWConfig.head_depth must be >= 0, got {self.head_depth}")
         if not 0.0 <= self.edge_dropout < 1.0:
@@ -179,7 +171,7 @@ class CRW(CorrespondenceModel):
 
     def __init__(self, config: CRWConfig):
         super().__init__(config)
-        self.backbone = build_backbone(config.arch, config.stride, config.width, config.out_dim, in_channels=3,
+        self.backbone = build_backbone(config.arch, config.stride, config.width, None, in_channels=3,
                                        stages=config.stages, padding=config.padding)
         self.head = _mlp(self.backbone.out_channels, config.embed_dim, config.head_depth)
 
@@ -194,13 +186,7 @@ class CRW(CorrespondenceModel):
     def embed(self, frames: torch.Tensor) -> torch.Tensor:
         """frames (B, 3, H, W) RGB in [0, 1] -> L2-normalised trunk features (B, C, H / stride, W / stride)."""
         self.check_frames(frames)
-        return F.normalize(self.features(normalise_rgb(frames), self.config.embed_stages), dim=1)
-
-    def features(self, x: torch.Tensor, stages: int | None = None) -> torch.Tensor:
-        """Normalised RGB (n, 3, H, W) -> the trunk's map after `stages` stages (None: all),
-        projected by `out_dim`'s 1 x 1 conv when there is one (it follows the last stage)."""
-        x = self.backbone.trunk(x, stages)
-        return x if self.backbone.proj is None else self.backbone.proj(x)
+        return F.normalize(self.backbone.trunk(normalise_rgb(frames), self.config.embed_stages), dim=1)
 
     def weights(self):
         return {"walk": 1.0}
@@ -301,12 +287,12 @@ class CRW(CorrespondenceModel):
         b, t = clip.shape[:2]
         frames = normalise_rgb(clip.flatten(0, 1))
         if self.config.nodes == "cells":
-            maps = self.features(self.frames_cropped(frames))  # (B*T, C, h, w)
+            maps = self.backbone.trunk(self.frames_cropped(frames))  # (B*T, C, h, w)
             feats = self.head(maps.flatten(2).transpose(1, 2))  # (B*T, h*w, D)
             return F.normalize(feats, dim=-1).view(b, t, feats.shape[1], -1)
         patches = self.patches(frames)  # (B*T, N, 3, P, P)
         n = patches.shape[1]
-        maps = self.features(patches.flatten(0, 1))  # (B*T*N, C, p, p)
+        maps = self.backbone.trunk(patches.flatten(0, 1))  # (B*T*N, C, p, p)
         feats = self.head(self.pool_nodes(maps))
         return F.normalize(feats, dim=-1).view(b, t, n, -1)
 

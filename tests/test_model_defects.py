@@ -18,7 +18,6 @@ import torch.nn.functional as F
 import densecorr.models as dm
 from densecorr.models.affinity import cell_grid
 from densecorr.models.colour import normalise_lab, rgb_to_lab
-from densecorr.models.common import normalise_rgb
 from densecorr.training import preset
 
 from test_models import clip_from_frames
@@ -485,25 +484,3 @@ def test_crw_patch_context_surrounds_the_same_patch_and_nodes_pool_its_own_cells
         dm.create("crw", **{**kw, "context": 6})
     with pytest.raises(ValueError, match="node_cells"):
         dm.create("crw", **{**kw, "node_cells": 5})
-
-
-def test_crw_out_dim_projects_the_map_that_nodes_pool_and_embed_returns():
-    """`out_dim` ends the trunk with a 1 x 1 projection (as the other CPU presets' trunks): the
-    nodes pool the projected map and `embed` returns it."""
-    kw = dict(width=8, stride=4, stages=1, embed_stages=1, patch_size=16, frame_crop_scale=None)
-    model = dm.create("crw", out_dim=12, **kw)
-    frames = torch.rand(2, 3, 32, 48)
-    feats = model.embed(frames)
-    assert feats.shape == (2, 12, 8, 12)
-    proj = model.backbone.proj
-    x = F.conv2d(model.backbone.trunk(normalise_rgb(frames), 1), proj.weight, proj.bias)
-    torch.testing.assert_close(feats, F.normalize(x, dim=1))
-    assert model.head[0].in_features == 12
-    patches = torch.rand(3, 3, 16, 16)
-    pooled = F.conv2d(model.backbone.trunk(normalise_rgb(patches)), proj.weight, proj.bias).mean(dim=(2, 3))
-    torch.testing.assert_close(model.pool_nodes(model.features(normalise_rgb(patches))), pooled)
-    assert model.nodes(torch.rand(1, 3, 3, 64, 64)).shape == (1, 3, 49, 128)
-    with pytest.raises(ValueError, match="out_dim"):
-        dm.create("crw", out_dim=12, width=8, stages=2, embed_stages=1)
-    with pytest.raises(ValueError, match="out_dim"):
-        dm.create("crw", out_dim=0, **kw)
