@@ -55,9 +55,13 @@ _EPS = 1e-20
 class CRWConfig(ModelConfig):
     """arch/stride/width/stages: the trunk (ResNet-18; `stages` residual stages trained);
     padding: the convolutions' padding ("reflect" as videowalk's scratch model, or "zeros");
-    nodes: "patches" (the paper's: a grid of jittered patches, each pooled to one node) or
+    nodes: "patches" (the paper's: a grid of jittered patches, each pooled to one node),
     "cells" (videowalk's code without `--frame-aug grid`: every cell of each frame's feature
-    map is a node, the frames each cut by their own random resized crop, `frame_crop_scale`);
+    map is a node, the frames each cut by their own random resized crop, `frame_crop_scale`) or
+    "boxes" (the same jittered grid windows, pooled from the trunk's map of the whole frame,
+    the grid laid `margin` px inside the frame's border: each node's cells are then computed
+    from real surroundings, as at test time, and none sees the padding that could code its
+    position; `patch_size` / `stride` samples per side of each window);
     embed_stages: the stages `embed` uses (videowalk evaluates without layer4: 3);
     clip_length frames; grid: nodes per side; patch_size: patch side in pixels after the
     jitter (a multiple of the stride); jitter_scale: (min, max) area fraction of each patch's
@@ -84,6 +88,7 @@ class CRWConfig(ModelConfig):
     jitter_scale: tuple = (0.7, 0.9)
     context: int = 0
     node_cells: int | None = None
+    margin: int = 28
     frame_crop_scale: tuple | None = (0.8, 0.95)
     frame_crop_ratio: tuple = (0.7, 1.3)
     head_depth: int = 0
@@ -104,8 +109,10 @@ class CRWConfig(ModelConfig):
         if self.node_cells is not None and not 1 <= self.node_cells <= self.patch_size // self.stride:
             raise ValueError(f"CRWConfig.node_cells must be None or in [1, patch_size / stride = "
                              f"{self.patch_size // self.stride}], got {self.node_cells}")
-        if self.nodes not in ("patches", "cells"):
-            raise ValueError(f"CRWConfig.nodes must be 'patches' or 'cells', got {self.nodes!r}")
+        if self.nodes not in ("patches", "cells", "boxes"):
+            raise ValueError(f"CRWConfig.nodes must be 'patches', 'cells' or 'boxes', got {self.nodes!r}")
+        if self.margin < 0:
+            raise ValueError(f"CRWConfig.margin must be >= 0, got {self.margin}")
         if self.nodes == "cells" and self.frame_crop_scale is None:
             raise ValueError("CRWConfig.nodes='cells' needs frame_crop_scale (each frame's own crop): "
                              "with one crop for the whole clip a cell's place in the map would identify its node")
@@ -232,6 +239,14 @@ class CRW(CorrespondenceModel):
         x0, y0 = wx.flatten() + x0, wy.flatten() + y0  # top-left corners, frame units in [0, 1]
         # crop units -> frame units
         fb = self.frame_boxes(n, device, dtype).unsqueeze(1)  # (n, 1, 4)
+        if self.config.nodes == "boxes":  # the crop shrunk into the frame's interior
+            mx, my = self.config.margin / w, self.config.margin / h
+            if 2 * max(mx, my) >= 1:
+                raise ValueError(f"CRW nodes='boxes': frames of {h}x{w} px leave no interior inside the "
+                                 f"margin of {self.config.margin} px")
+            scale = torch.tensor([1 - 2 * mx, 1 - 2 * my], device=device, dtype=dtype)
+            fb = torch.cat([torch.tensor([mx, my], device=device, dtype=dtype) + fb[..., :2] * scale,
+                            fb[..., 2:] * scale], dim=-1)
         x0, y0 = fb[..., 0] + x0 * fb[..., 2], fb[..., 1] + y0 * fb[..., 3]
         cw, ch = cw * fb[..., 2], ch * fb[..., 3]
         return self.normalised_boxes(x0, y0, cw, ch)
@@ -244,9 +259,9 @@ class CRW(CorrespondenceModel):
 
     @staticmethod
     def resample(frames: torch.Tensor, boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """frames (n, 3, H, W), boxes (n, k, 4) as `normalised_boxes` -> each box resampled
-        bilinearly to (h, w): (n, k, 3, h, w)."""
-        n, k = boxes.shape[:2]
+        """frames (n, C, H, W), boxes (n, k, 4) as `normalised_boxes` -> each box resampled
+        bilinearly to (h, w): (n, k, C, h, w)."""
+        (n, k), c = boxes.shape[:2], frames.shape[1]
         lin_x = (torch.arange(w, device=frames.device, dtype=frames.dtype) * 2 + 1) / w - 1  # (w,) in (-1, 1)
         lin_y = (torch.arange(h, device=frames.device, dtype=frames.dtype) * 2 + 1) / h - 1
         gx = boxes[..., 0, None, None] + boxes[..., 2, None, None] * lin_x.view(1, 1, 1, w)  # (n, k, 1, w)
@@ -254,7 +269,7 @@ class CRW(CorrespondenceModel):
         grid = torch.stack(torch.broadcast_tensors(gx, gy), dim=-1)  # (n, k, h, w, 2)
         out = F.grid_sample(frames, grid.reshape(n, k * h, w, 2), mode="bilinear", padding_mode="border",
                             align_corners=False)  # (n, 3, k*h, w)
-        return out.view(n, 3, k, h, w).transpose(1, 2)
+        return out.view(n, c, k, h, w).transpose(1, 2)
 
     def patches(self, frames: torch.Tensor) -> torch.Tensor:
         """frames (n, 3, H, W) -> independently jittered patches (n, g*g, 3, P, P), P = patch_size
@@ -283,9 +298,16 @@ class CRW(CorrespondenceModel):
 
     def nodes(self, clip: torch.Tensor) -> torch.Tensor:
         """clip (B, T, 3, H, W) -> L2-normalised node embeddings (B, T, N, embed_dim): N = g*g
-        patches, or (H / stride) * (W / stride) cells (`nodes`)."""
+        patches or boxes, or (H / stride) * (W / stride) cells (`nodes`)."""
         b, t = clip.shape[:2]
         frames = normalise_rgb(clip.flatten(0, 1))
+        if self.config.nodes == "boxes":
+            n, _, h, w = frames.shape
+            maps = self.backbone.trunk(frames)  # (B*T, C, H / s, W / s)
+            k = self.config.patch_size // self.config.stride
+            boxes = self.patch_boxes(n, h, w, frames.device, frames.dtype)  # normalised: the same on the map
+            feats = self.head(self.resample(maps, boxes, k, k).mean(dim=(-2, -1)))  # (B*T, g*g, D)
+            return F.normalize(feats, dim=-1).view(b, t, feats.shape[1], -1)
         if self.config.nodes == "cells":
             maps = self.backbone.trunk(self.frames_cropped(frames))  # (B*T, C, h, w)
             feats = self.head(maps.flatten(2).transpose(1, 2))  # (B*T, h*w, D)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import densecorr.models as dm
 from densecorr.models.affinity import cell_grid
 from densecorr.models.colour import normalise_lab, rgb_to_lab
+from densecorr.models.common import normalise_rgb
 from densecorr.training import preset
 
 from test_models import clip_from_frames
@@ -484,3 +485,41 @@ def test_crw_patch_context_surrounds_the_same_patch_and_nodes_pool_its_own_cells
         dm.create("crw", **{**kw, "context": 6})
     with pytest.raises(ValueError, match="node_cells"):
         dm.create("crw", **{**kw, "node_cells": 5})
+
+
+def test_crw_box_nodes_see_only_real_surroundings_inside_the_margin():
+    """nodes='boxes' pools each jittered grid window from the trunk's map of the whole frame, the
+    grid laid `margin` px inside the border: a node is then a function of image content alone,
+    the same when the frame is cut from a larger image (padding cannot code where it is), which
+    fails without the margin."""
+    kw = dict(width=8, stride=4, stages=1, embed_stages=1, patch_size=16, frame_crop_scale=None, nodes="boxes",
+              head_depth=1)
+    big = torch.rand(1, 3, 200, 200)
+    frame = big[..., 40:160, 40:160]  # 120 px, 40 px of real surroundings on every side in `big`
+
+    def nodes_and_from_big(margin):
+        torch.manual_seed(0)
+        model = dm.create("crw", margin=margin, **kw).eval()
+        torch.manual_seed(5)
+        q = model.nodes(frame[:, None])[0, 0]  # (49, 128)
+        torch.manual_seed(5)
+        boxes = model.patch_boxes(1, 120, 120, big.device, big.dtype)  # the same draw, frame-normalised
+        px = (boxes[..., :2] + 1) / 2 * 120 + 40  # centres in `big`'s pixels
+        boxes_big = torch.cat([px / 200 * 2 - 1, boxes[..., 2:] * 120 / 200], dim=-1)
+        if margin:  # every window inside the margin
+            lo, hi = px - boxes[..., 2:] * 60, px + boxes[..., 2:] * 60
+            assert lo.min() >= 40 + margin - 1e-4 and hi.max() <= 160 - margin + 1e-4
+        with torch.no_grad():
+            maps = model.backbone.trunk(normalise_rgb(big))
+            ref = F.normalize(model.head(model.resample(maps, boxes_big, 4, 4).mean(dim=(-2, -1))), dim=-1)[0]
+        return q, ref
+
+    q, ref = nodes_and_from_big(28)
+    assert q.shape == (49, 128)
+    torch.testing.assert_close(q, ref, atol=1e-5, rtol=1e-5)
+    q0, ref0 = nodes_and_from_big(0)  # windows at the border: their cells see the reflect padding
+    assert (q0 - ref0).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="margin"):
+        dm.create("crw", **{**kw, "margin": 40}).nodes(torch.rand(1, 3, 3, 64, 64))
+    with pytest.raises(ValueError, match="margin"):
+        dm.create("crw", **{**kw, "margin": -1})
