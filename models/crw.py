@@ -32,7 +32,8 @@ coordinates (one `grid_sample` for all patches) rather than PIL RandomResizedCro
 and videowalk's RandomResizedCrop of each frame (`--frame-transforms crop`: area 0.8-0.95,
 aspect 0.7-1.3, drawn per frame) is a box in the frame that the grid is laid on
 (`frame_crop_scale`; off in the CPU preset); no Sinkhorn targets (videowalk's experimental option). The CPU preset
-uses a shallow stride-4 trunk on small patches (see PRESETS).
+uses a shallow stride-4 trunk and pools its nodes from each frame's map (`nodes="boxes"`)
+rather than encoding 49 patches of a fifth of the frame separately (see PRESETS).
 """
 from __future__ import annotations
 
@@ -135,28 +136,24 @@ class CRWConfig(ModelConfig):
 # dropout 0.1, batch 20, Adam 1e-4, 256 px frames with 7 x 7 patches of 64 px; Kinetics
 # resampled to 8 fps (DAVIS' 24 fps: gap 3); 25 epochs (about 1.5M steps of 5 clips per
 # Kinetics-400 video).
-# "cpu": a narrow shallow trunk at stride 4 (4 x 4 cells per 16 px patch) on 64 x 64 crops of the
-# native 256p frames, so that a step takes ~0.1 s on 2 cores. One residual stage of width 32 (the
-# shipped default's trunk depth; 32-d features for `embed`), not two of width 16: the two-stage
-# trunk barely moved from its init (J&F 0.540 -> 0.558, crw protocol, 240p, 12 frames) and
-# tracked below Lab colour under the default `dino` protocol at 480p (0.550, Lab 0.624). The
-# one-stage trunk (dino at 240p, first 20 frames of the seven sequences; Lab 0.562): init 0.622,
-# step 600 0.642, step 1000 0.648; but at 480p under dino 0.611, below its init (0.639) and Lab:
-# not yet a recipe that learns at the evaluation scale (docs/methods.md). So the frames are
-# resized to 480 px high (the evaluation scale; crops of 64 px of them): dino 480p 0.651 (init
-# 0.639, Lab 0.624) with independent backward edge dropout; videowalk's shared masks (now the
-# code): 0.629, seed 1 see docs/methods.md. videowalk's per-frame random crop (frame_crop_scale
-# 0.8-0.95) scored lower here (0.603 on native frames, 0.632 at 480), so the CPU preset turns it
-# off. The head keeps one hidden layer (videowalk's training default is linear, head_depth 0):
-# with the linear head the walk reshapes the 1-stage trunk itself and tracking falls to 0.550 and
-# 0.555 (seeds 0, 1) from the init's 0.639. Not a recipe that learns yet: every variant tried
-# (lab notebook, 2026-12-03) stays at or below the init; nodes="cells" scored 0.360.
+# "cpu": a narrow shallow trunk at stride 4 (one residual stage of width 32: 32-d features for
+# `embed`, a hidden layer in the head) on 256 x 256 crops of the native 256p frames, batch 2, 2000
+# cosine steps (~7 min on 2 cores). Its nodes are "boxes": the 7 x 7 jittered grid windows
+# (about 50 px: a fifth of the frame, as videowalk's 64 px of 256) pooled from the trunk's map
+# of the whole crop, the grid 28 px inside its border (the trunk's receptive field is 43 px) so
+# that a node depends on image content only and its cells see real surroundings, as at test
+# time. videowalk's separately encoded patches would cost 49 trunk passes per frame at that
+# size; its small-patch stand-ins all tracked at or below the init (0.639; lab notebook,
+# 2026-12-03): 16 px patches of 64 px crops of frames resized to 480 px 0.629, with real
+# context 0.599-0.641, cells 0.36-0.51, a 15 x 15 grid 0.592. The window's share of the frame is
+# what counts: boxes of 16 px (120 px crops at 480) 0.570, of 32 px (184 px native crops) 0.637,
+# of 50 px (this preset) 0.689, dino at 480p on the seven sequences (Lab 0.624; docs/methods.md).
 PRESETS = {
     "paper": dict(model_config={}, resize=256, crop=(256, 256), gaps=(3,), batch_size=20, lr=1e-4,
                   steps=1_500_000),
-    "cpu": dict(model_config={"width": 32, "stride": 4, "stages": 1, "embed_stages": 1, "patch_size": 16,
-                              "frame_crop_scale": None, "head_depth": 1},
-                gaps=(2, 3), lr=1e-3, steps=2000, schedule="cosine", resize=480, crop=(64, 64), batch_size=4,
+    "cpu": dict(model_config={"width": 32, "stride": 4, "stages": 1, "embed_stages": 1, "nodes": "boxes",
+                              "patch_size": 32, "margin": 28, "frame_crop_scale": None, "head_depth": 1},
+                gaps=(2, 3), lr=1e-3, steps=2000, schedule="cosine", resize=None, crop=(256, 256), batch_size=2,
                 ckpt_every=100, eval_max_frames=12),
 }
 
