@@ -141,3 +141,10 @@ def test_training_raises_match_accuracy_above_init(name):
     assert torch.isfinite(out["loss"])
     # Clearly above the same network at init: +0.1 absolute and x1.5.
     assert after > before + 0.1 and after > 1.5 * before, (name, before, after)
+
+
+def test_crw_paper_patch_nodes_learn_too():
+    """The paper's separately encoded patches (the default `nodes`), not only the preset's boxes."""
+    config = dict(width=16, stride=4, stages=2, embed_stages=2, patch_size=16, edge_dropout=0.0)
+    before, after, _ = train_briefly("crw", config, 60, 2e-3)
+    assert after > before + 0.1 and after > 1.5 * before, (before, after)
