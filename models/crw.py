@@ -62,7 +62,8 @@ class CRWConfig(ModelConfig):
     "boxes" (the same jittered grid windows, pooled from the trunk's map of the whole frame,
     the grid laid `margin` px inside the frame's border: each node's cells are then computed
     from real surroundings, as at test time, and none sees the padding that could code its
-    position; `patch_size` / `stride` samples per side of each window);
+    position; `patch_size` / `stride` samples per side of each window; `margin` should exceed
+    half the trunk's receptive field: 28 for one stage, whose field is 43 px);
     embed_stages: the stages `embed` uses (videowalk evaluates without layer4: 3);
     clip_length frames; grid: nodes per side; patch_size: patch side in pixels after the
     jitter (a multiple of the stride); jitter_scale: (min, max) area fraction of each patch's
@@ -138,7 +139,7 @@ class CRWConfig(ModelConfig):
 # Kinetics-400 video).
 # "cpu": a narrow shallow trunk at stride 4 (one residual stage of width 32: 32-d features for
 # `embed`, a hidden layer in the head) on 256 x 256 crops of the native 256p frames, batch 2, 2000
-# cosine steps (~7 min on 2 cores). Its nodes are "boxes": the 7 x 7 jittered grid windows
+# cosine steps (~7 min on one thread). Its nodes are "boxes": the 7 x 7 jittered grid windows
 # (about 50 px: a fifth of the frame, as videowalk's 64 px of 256) pooled from the trunk's map
 # of the whole crop, the grid 28 px inside its border (the trunk's receptive field is 43 px) so
 # that a node depends on image content only and its cells see real surroundings, as at test
@@ -265,7 +266,7 @@ class CRW(CorrespondenceModel):
         gy = boxes[..., 1, None, None] + boxes[..., 3, None, None] * lin_y.view(1, 1, h, 1)  # (n, k, h, 1)
         grid = torch.stack(torch.broadcast_tensors(gx, gy), dim=-1)  # (n, k, h, w, 2)
         out = F.grid_sample(frames, grid.reshape(n, k * h, w, 2), mode="bilinear", padding_mode="border",
-                            align_corners=False)  # (n, 3, k*h, w)
+                            align_corners=False)  # (n, C, k*h, w)
         return out.view(n, c, k, h, w).transpose(1, 2)
 
     def patches(self, frames: torch.Tensor) -> torch.Tensor:
