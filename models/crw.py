@@ -225,7 +225,8 @@ class CRW(CorrespondenceModel):
     def patch_boxes(self, n: int, h: int, w: int, device, dtype) -> torch.Tensor:
         """Random jittered crops of the grid windows of n frames: (n, g*g, 4) as (cx, cy, sx, sy)
         in grid_sample's normalised coordinates (centre and half-size, [-1, 1] = the frame).
-        The grid is laid on each frame's own random crop (`frame_boxes`)."""
+        The grid is laid on each frame's own random crop (`frame_boxes`), shrunk `margin` px
+        inside the frame for nodes="boxes"."""
         g = self.config.grid
         # The windows: side 2 / (g + 1) of the frame, stride half of it (videowalk's patch grid).
         side = 2.0 / (g + 1)  # in units of the frame side

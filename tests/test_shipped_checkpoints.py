@@ -18,9 +18,9 @@ SAMPLE = os.path.join(ASSETS, "davis_sample")
 # J&F on the packaged sample (horsejump-high), crw protocol, height 160, first 10 frames: the
 # trained checkpoint must beat its own init by this much. Measured gaps (trained - init, one
 # thread): vidcolor +0.227, corrflow +0.164 (the 4000-step preset of 2026-12-02), uvc +0.243 (8000 steps), cycletime +0.094 (width 32, 3000 steps), crw +0.098 (box nodes, 2026-12-07),
-# mast +0.270; each margin is about half its gap. (crw and cycletime: the one-stage stride-4
-# presets of 2026-12-02, whose inits already track well on this one short sequence; their
-# gaps at 480p on the seven sequences are in docs/methods.md.)
+# mast +0.270; each margin is about half its gap. (cycletime: the one-stage stride-4 preset of
+# 2026-12-02, whose init already tracks well on this one short sequence; the gaps at 480p on
+# the seven sequences are in docs/methods.md.)
 SAMPLE_MARGIN = {"vidcolor": 0.1, "corrflow": 0.08, "uvc": 0.1, "cycletime": 0.05, "crw": 0.05, "mast": 0.12}
 
 
